@@ -1,0 +1,108 @@
+"""Which tokens of a conversation a model is trained on, under the model's own chat template.
+
+`assistant_spans` is the single definition of the loss mask: the data check counts supervised tokens with it
+and the training stage builds its labels with it, so what `lorakit data check` reports is what training does.
+
+For assistant turn ``i`` the template is rendered twice: ``messages[:i]`` with ``add_generation_prompt=True``
+and ``messages[:i+1]``. The second text extends the first by exactly what the model must produce: the
+assistant's words and the end-of-turn token (trailing whitespace after that token, such as ChatML's newline,
+is not supervised). The whole conversation is tokenized once with character offsets and a token is supervised
+when it starts inside such a span.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+Span = tuple[int, int]
+
+
+def render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool = False) -> str:
+    """The chat template applied to ``messages`` as text."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(tokenizer, messages: Sequence[dict], *, last_turn_only: bool = False) -> tuple[str, list[Span]]:
+    """The rendered conversation and the character spans the model is trained to produce.
+
+    A conversation without a user turn (plain text for continued pre-training) is the text itself followed by
+    the EOS token, all of it supervised.
+    """
+    messages = list(messages)
+    roles = [m["role"] for m in messages]
+    if roles == ["assistant"]:
+        text = messages[-1]["content"] + (tokenizer.eos_token or "")
+        return text, [(0, len(text))]
+    full = render(tokenizer, messages)
+    targets = [i for i, r in enumerate(roles) if r == "assistant"]
+    if last_turn_only:
+        targets = targets[-1:]
+    spans: list[Span] = []
+    cursor = 0
+    for i in targets:
+        before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = render(tokenizer, messages[:i + 1])
+        if through.startswith(before) and full.startswith(through):
+            start, end = len(before), len(through.rstrip())
+        else:
+            # The template rewrites earlier turns once later ones exist (e.g. it drops reasoning from history):
+            # the turn starts where the generation prompt ends and runs to the template's closing text.
+            content = messages[i]["content"]
+            tail = through[len(before):] if through.startswith(before) else through
+            k = tail.rfind(content) if content else -1
+            closing = tail[k + len(content):].rstrip() if k >= 0 else tail.rstrip()
+            if closing and i and full.startswith(before, 0) and full.find(closing, len(before)) >= 0:
+                start = len(before)
+                end = full.find(closing, start) + len(closing)
+            else:
+                start = full.find(content, cursor) if content else -1
+                if start < 0:
+                    continue
+                end = start + len(content)
+                if closing and full.startswith(closing, end):
+                    end += len(closing)
+        if end > start:
+            spans.append((start, end))
+        cursor = max(cursor, end)
+    return full, spans
+
+
+def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: Sequence[Span]) -> list[int]:
+    """1 for each token whose start offset lies inside one of ``spans`` (spans sorted, not overlapping)."""
+    mask = [0] * len(offsets)
+    if not spans:
+        return mask
+    j = 0
+    s, e = spans[0]
+    for t, (a, _b) in enumerate(offsets):
+        while a >= e:
+            j += 1
+            if j == len(spans):
+                return mask
+            s, e = spans[j]
+        if a >= s:
+            mask[t] = 1
+    return mask
+
+
+def assistant_spans(tokenizer, messages: Sequence[dict], max_length: int | None = None, *,
+                    last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation under its chat template and the loss mask (1 = trained on).
+
+    The mask covers exactly each assistant turn's content and its end-of-turn token; with ``last_turn_only``
+    only the final assistant turn. Both lists are cut to ``max_length`` tokens when it is given.
+    """
+    text, spans = assistant_char_spans(tokenizer, messages, last_turn_only=last_turn_only)
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, mask = list(enc["input_ids"]), mask_from_offsets(enc["offset_mapping"], spans)
+    else:  # slow tokenizers have no offsets: tokenize prefixes instead
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        mask = [0] * len(ids)
+        for s, e in spans:
+            lo = len(tokenizer(text[:s], add_special_tokens=False)["input_ids"])
+            hi = len(tokenizer(text[:e], add_special_tokens=False)["input_ids"])
+            mask[lo:hi] = [1] * (hi - lo)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask
