@@ -1,0 +1,161 @@
+"""Validated run configuration: one YAML file per run, command-line flags override it, unknown keys are errors."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorakit.errors import LorakitError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Strict):
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] | Literal["all-linear"] = Field("all-linear", description="module names or 'all-linear'")
+    dora: bool = False
+    rslora: bool = False
+
+
+class TrainConfig(Strict):
+    """Everything one training run needs. Defaults are the CPU-friendly ones `doctor` recommends."""
+
+    model: str = Field("qwen2.5-coder-0.5b-instruct", description="preset name, HF folder or .gguf file")
+    data: str = Field(..., description="training data file (any format of `lorakit data`)")
+    eval_data: str | None = None
+    eval_ratio: float = Field(0.0, ge=0, lt=1, description="hold out this share of `data` when no eval_data")
+    system_prompt: str | None = None
+    runs_dir: str = "runs"
+    name: str | None = None
+
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
+    learning_rate: float = Field(2e-4, gt=0)
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(4, ge=1, description="micro-batch per device")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=8)
+    packing: bool = Field(False, description="pack examples into max_length rows (block-diagonal attention)")
+    padding_free: bool = Field(True, description="concatenate each batch into one row without padding")
+    completion_only: bool = Field(True, description="train only on assistant turns (+ end-of-turn token)")
+    train_turns: Literal["all", "last"] = Field("all", description="which assistant turns are trained")
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    eval_steps: int | None = Field(None, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 42
+    tensorboard: bool = False
+
+    @field_validator("data", "eval_data")
+    @classmethod
+    def _not_blank(cls, v):
+        if v is not None and not str(v).strip():
+            raise ValueError("must be a file path, not empty")
+        return v
+
+
+def _field_help(model: type[BaseModel], loc: tuple) -> str:
+    """The allowed keys (for an unknown key) or the field's own description."""
+    cls = model
+    for part in loc[:-1]:
+        f = cls.model_fields.get(str(part))
+        ann = getattr(f, "annotation", None) if f else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+    return ", ".join(cls.model_fields)
+
+
+def validation_error(e: ValidationError, source: str, model: type[BaseModel]) -> LorakitError:
+    lines = []
+    for err in e.errors()[:5]:
+        key = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}' (allowed here: {_field_help(model, err['loc'])})")
+        elif err["type"] == "missing":
+            lines.append(f"'{key}' is required")
+        else:
+            given = err.get("input")
+            lines.append(f"'{key}': {err['msg']} (got {given!r})")
+    return LorakitError("invalid configuration: " + "; ".join(lines), file=source)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--lora.r 16 --epochs=2 --packing` → nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise LorakitError(f"unexpected argument '{a}'", hint="Overrides look like --key value or --key=value")
+        key = a[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            raw = args[i + 1]
+            i += 2
+        else:
+            raw = "true"
+            i += 1
+        if key.startswith("no-") or key.startswith("no_"):
+            key, raw = key[3:], "false"
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = [p.replace("-", "_") for p in key.split(".")]
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LorakitError("config file not found", file=path) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise LorakitError(f"not valid YAML ({getattr(e, 'problem', e)})", file=path,
+                           line=mark.line + 1 if mark else None) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LorakitError("a config file must be a mapping of keys to values", file=path)
+    return raw
+
+
+def build(model: type[BaseModel], file: str | Path | None, overrides: dict[str, Any]):
+    """File values, then flags on top; validated once, with errors that name the key and source."""
+    raw = load_yaml(file) if file else {}
+    merged = deep_merge(raw, overrides)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as e:
+        raise validation_error(e, str(file) if file else "command line", model) from None
+
+
+def dump(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Training stage: one recipe (TRL SFTTrainer + PEFT) driven by one validated config."""

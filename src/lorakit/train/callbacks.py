@@ -1,0 +1,142 @@
+"""Trainer callbacks: a metrics log that survives crashes, a live loss plot, and a clean stop on Ctrl-C/SIGTERM."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from lorakit.io import append_jsonl, atomic_path
+
+
+def plot_metrics(metrics_file: Path, out_png: Path) -> Path | None:
+    """Loss (train and eval) and learning rate against step, written atomically as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in Path(metrics_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    lrs = [(r["step"], r["learning_rate"]) for r in rows if "learning_rate" in r]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange", lw=1.5)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (per supervised token)")
+    ax.grid(alpha=0.3)
+    if lrs:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lrs), color="tab:gray", lw=0.8, ls="--", label="learning rate")
+        ax2.set_ylabel("learning rate")
+        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+        ax.legend(lines, labels, loc="upper right")
+    else:
+        ax.legend(loc="upper right")
+    ax.set_title("lorakit training")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_png
+
+
+class RunLogCallback(TrainerCallback):
+    """Append every log line to metrics.jsonl (fsynced) and refresh loss.png; only the main process writes."""
+
+    def __init__(self, run_dir: Path, progress=None, plot_every: int = 10):
+        self.run_dir = Path(run_dir)
+        self.metrics = self.run_dir / "metrics.jsonl"
+        self.progress = progress
+        self.plot_every = plot_every
+        self._n = 0
+        self._t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4),
+               "elapsed_s": round(time.perf_counter() - self._t0, 2)}
+        row.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in logs.items()})
+        append_jsonl(self.metrics, row)
+        self._n += 1
+        if self.progress is not None and "loss" in logs:
+            self.progress.set_loss(logs["loss"])
+        if self._n % self.plot_every == 0 or "eval_loss" in logs:
+            plot_metrics(self.metrics, self.run_dir / "loss.png")
+
+    def on_train_end(self, args, state, control, **kw):
+        if state.is_world_process_zero and self.metrics.exists():
+            plot_metrics(self.metrics, self.run_dir / "loss.png")
+
+
+class GracefulStopCallback(TrainerCallback):
+    """First Ctrl-C or SIGTERM: save a checkpoint at the end of the current step and stop. A second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_begin(self, args, state, control, **kw):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kw):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+class ProgressCallback(TrainerCallback):
+    """A rich progress bar over optimizer steps with the latest loss (replaces transformers' tqdm)."""
+
+    def __init__(self, console):
+        self.console = console
+        self.bar = None
+        self.task = None
+        self.loss = None
+
+    def set_loss(self, loss):
+        self.loss = loss
+        if self.bar is not None:
+            self.bar.update(self.task, loss=f"{loss:.4f}")
+
+    def on_train_begin(self, args, state, control, **kw):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+        self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            TextColumn("loss {task.fields[loss]}"), console=self.console)
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=state.max_steps, completed=state.global_step, loss="…")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
