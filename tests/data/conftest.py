@@ -9,12 +9,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LAWS = Path(__file__).resolve().parents[2].parent / "shared/data/laws"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def laws() -> Path:
     if not LAWS.exists():
         pytest.skip("../shared/data/laws is not beside the checkout")
@@ -75,3 +75,4 @@ def tokenizer_dir(tmp_path_factory, tokenizer) -> Path:
     tokenizer.save_pretrained(out)
     (out / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     return out
+
