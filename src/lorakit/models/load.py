@@ -117,6 +117,9 @@ def load_tokenizer(path: str | Path):
         tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise LorakitError(f"cannot load a tokenizer from this folder ({str(e)[:200]})", file=path) from None
+    if len(tok) < 2:  # transformers 5 builds an empty tokenizer for a folder without tokenizer files
+        raise LorakitError("this folder has no tokenizer (no tokenizer.json, tokenizer.model or vocab.json)",
+                           file=path, hint="Save the tokenizer beside the model with tokenizer.save_pretrained")
     ensure_chat_template(tok)
     ensure_pad_token(tok)
     return tok
