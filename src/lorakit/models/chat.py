@@ -1,6 +1,8 @@
 """Chat templates and end-of-turn tokens: the two things that decide whether a fine-tuned model ever stops."""
 from __future__ import annotations
 
+from lorakit.errors import LorakitError
+
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -36,6 +38,10 @@ def ensure_chat_template(tokenizer, template: str | None = None) -> str:
     if "<|im_start|>" in vocab and "<|im_end|>" in vocab:
         tokenizer.chat_template = CHATML_TEMPLATE
         return "chatml"
+    if tokenizer.eos_token is None:
+        raise LorakitError("the tokenizer has no chat template, no chat special tokens and no EOS token, so nothing "
+                           "could mark where an answer ends", field="chat_template",
+                           hint="Use a model whose tokenizer has an EOS token, or supply a chat template")
     tokenizer.chat_template = PLAIN_TEMPLATE
     return "plain"
 
@@ -55,11 +61,15 @@ def end_of_turn_id(tokenizer) -> int:
     tail = text[text.index("ANSWER_7f3") + len("ANSWER_7f3"):]
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
     special = set(tokenizer.all_special_ids)
+    # Added tokens flagged special count too: <|im_end|> need not be listed among the named special tokens.
+    special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
     for i in ids:
         if i in special:
             return i
     if tokenizer.eos_token_id is None:
-        raise ValueError("the chat template puts no special token after an answer and there is no EOS token")
+        raise LorakitError("the chat template puts no special token after an answer and there is no EOS token, so "
+                           "generation could never stop", field="chat_template",
+                           hint="Use a template that closes each turn with a special token")
     return tokenizer.eos_token_id
 
 
