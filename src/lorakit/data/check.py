@@ -460,7 +460,8 @@ class FixResult:
 DROP = ("role_order", "empty", "duplicate", "near_duplicate", "leak", "near_leak", "no_supervised")
 
 
-def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None = None) -> FixResult:
+def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None = None,
+        drop: tuple[str, ...] = DROP) -> FixResult:
     """Write a cleaned copy of the checked file: broken records, duplicates and leaked items dropped (the
     first of each duplicate group kept), every field trimmed, PII masked if asked. The input is never written."""
     out = Path(out)
@@ -469,7 +470,7 @@ def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None 
                            hint="give another path; the input is never modified")
     drop_reason: dict[int, str] = {}
     for f in report.findings:
-        if f.code in DROP and f.index is not None and f.file == report.path:
+        if f.code in drop and f.index is not None and f.file == report.path:
             drop_reason.setdefault(f.index, f.code)
     kept, trimmed, masked = [], 0, 0
     for i, r in enumerate(report.records):
