@@ -796,3 +796,18 @@ def _write_llamafactory(path: Path, records: list[Conversation], name: str) -> P
                   "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
     write_json(info_path, info)
     return path
+
+
+def parse_columns(pairs: Iterable[str]) -> dict[str, str] | None:
+    """``["prompt=question", "response=answer"]`` (the CLI's --column options) -> a columns mapping."""
+    out: dict[str, str] = {}
+    known = set(DEFAULT_COLUMNS) | {"messages", "role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag"}
+    for p in pairs:
+        role, sep, name = p.partition("=")
+        role, name = role.strip(), name.strip()
+        if not sep or not role or not name:
+            raise LorakitError(f"'{p}' is not ROLE=NAME", field="column", hint="e.g. --column prompt=question")
+        if role not in known:
+            raise LorakitError(f"unknown role '{role}'", field="column", hint="known: " + ", ".join(sorted(known)))
+        out[role] = name
+    return out or None

@@ -107,3 +107,12 @@ def split(path: str | Path, out_dir: str | Path, *, eval: float | int = 0.1, tes
         paths[name] = write_records(out_dir / f"{name}{suffix}", recs, fmt)
     sizes = np.bincount(np.unique(gid, return_inverse=True)[1])
     return SplitResult(paths, {k: len(splits[k]) for k in paths}, len(sizes), int(sizes.max()))
+
+
+def parse_share(text: str, name: str = "eval") -> float | int:
+    """'0.1' -> 0.1 (a ratio), '200' -> 200 (a count): what --eval and --test accept."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise LorakitError(f"'{text}' is neither a ratio (0.1) nor a count (200)", field=name) from None
+    return value if (value < 1 and value != 0) or not value.is_integer() else int(value)
