@@ -58,6 +58,128 @@ def models_pull(name: str = typer.Argument(..., help="Preset name (see `lorakit 
     console.print(f"[green]ready:[/] {path}")
 
 
+# ---------------------------------------------------------------------------- data
+_FORMATS_HELP = "messages, alpaca, sharegpt, text, csv, tsv or llamafactory"
+
+
+@data_app.command("convert")
+@friendly
+def data_convert(src: Path = typer.Argument(..., help="Input dataset (format detected from its content)."),
+                 out: Path = typer.Argument(..., help="Output file (.json writes a JSON array, else JSONL)."),
+                 to: str = typer.Option(..., "--to", help=f"Output format: {_FORMATS_HELP}."),
+                 fmt: Optional[str] = typer.Option(None, "--from", help="Force the input format."),
+                 column: List[str] = typer.Option([], "--column", help="Map a role to your field, e.g. prompt=question."),
+                 dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to read.")):
+    """Convert a dataset between formats without losing content."""
+    from lorakit.data.formats import parse_columns, read_records, write_records
+    records = read_records(src, fmt, columns=parse_columns(column), dataset=dataset)
+    write_records(out, records, to)
+    console.print(f"[green]wrote[/] {len(records)} records ({to}) to {out}")
+
+
+@data_app.command("check")
+@friendly
+def data_check(file: Path = typer.Argument(..., help="Dataset to check (any supported format)."),
+               model: Optional[str] = typer.Option(None, "--model", "-m",
+                                                   help="Preset, HF folder or .gguf: token lengths under its chat template."),
+               cutoff: Optional[int] = typer.Option(None, help="Training cut-off in tokens (default 2048 with --model)."),
+               eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval set to check for train/eval leakage."),
+               fmt: Optional[str] = typer.Option(None, "--format", help="Force the input format."),
+               column: List[str] = typer.Option([], "--column", help="Map a role to your field, e.g. prompt=question."),
+               threshold: float = typer.Option(0.8, help="Near-duplicate Jaccard similarity threshold."),
+               report: Optional[Path] = typer.Option(None, help="Write a Markdown (.md) or HTML (.html) report."),
+               json_out: Optional[Path] = typer.Option(None, "--json", help="Write the findings as JSON."),
+               fix_out: Optional[Path] = typer.Option(None, "--fix", help="Write a cleaned copy here (input untouched)."),
+               mask_pii: bool = typer.Option(False, "--mask-pii", help="With --fix: mask phones, IDs, emails, plates.")):
+    """Find what makes fine-tuning fail quietly; exit status 1 when errors (not warnings) are found."""
+    from lorakit.data.check import check, fix
+    from lorakit.data.formats import parse_columns
+    from lorakit.data.report import print_report, write_json_report, write_report
+    tokenizer = None
+    if model:
+        from lorakit.models import load_tokenizer, resolve
+        tokenizer = load_tokenizer(resolve(model, console=console))
+    with console.status("checking…"):
+        rep = check(file, fmt=fmt, columns=parse_columns(column), tokenizer=tokenizer, model=model, cutoff=cutoff,
+                    eval_path=eval_file, near_threshold=threshold)
+    print_report(rep, console)
+    for path, write in ((report, write_report), (json_out, write_json_report)):
+        if path:
+            console.print(f"report: {write(rep, path)}")
+    if fix_out:
+        res = fix(rep, fix_out, mask=mask_pii)
+        dropped = ", ".join(f"{n} {code}" for code, n in res.dropped.items()) or "none"
+        console.print(f"[green]fixed copy:[/] {res.path}: kept {res.kept}, dropped {dropped}, trimmed {res.trimmed}"
+                      + (f", masked PII in {res.masked} fields" if mask_pii else ""))
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("build")
+@friendly
+def data_build(docs: List[Path] = typer.Argument(..., help="Markdown or text documents (law texts: one chunk per article)."),
+               out: Path = typer.Option(..., "--out", "-o", help="Output JSONL (canonical messages)."),
+               templates: int = typer.Option(2, help="Rule-based questions per article (0 for none)."),
+               model: Optional[str] = typer.Option(None, "--model", "-m", help="Local model writing Q/A pairs."),
+               adapter: Optional[Path] = typer.Option(None, help="LoRA adapter (or run folder) for --model."),
+               endpoint: Optional[str] = typer.Option(None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1."),
+               endpoint_model: Optional[str] = typer.Option(None, help="Model name sent to the endpoint."),
+               api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the endpoint's key."),
+               pairs: int = typer.Option(3, help="Model-written pairs per article."),
+               seed: int = typer.Option(0), batch_size: int = typer.Option(8),
+               system: Optional[str] = typer.Option(None, help="System prompt stored in every record.")):
+    """Turn documents into instruction data; resumable (run it again after an interruption)."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lorakit.data.build import build, endpoint_generator, local_generator
+    gen = None
+    if model and endpoint:
+        raise LorakitError("give --model or --endpoint, not both", field="model")
+    if endpoint:
+        gen = endpoint_generator(endpoint, model=endpoint_model, api_key=os.environ.get(api_key_env), seed=seed)
+    elif model:
+        with console.status(f"loading {model}…"):
+            gen = local_generator(model, adapter=str(adapter) if adapter else None, seed=seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("generating", total=None)
+        res = build(docs, out, templates=templates, generate_fn=gen, pairs=pairs, seed=seed, system=system,
+                    batch_size=batch_size, on_progress=lambda done, total, label: bar.update(
+                        task, completed=done, total=total, description=label[-40:]))
+    console.print(f"[green]wrote[/] {res.records} records to {res.path} from {res.chunks} chunks of {res.documents} "
+                  f"document(s): {res.template_records} from templates, {res.model_records} model-written"
+                  + (f" ({res.resumed} resumed)" if res.resumed else ""))
+    for why, n in {**res.rejected, **{f"dropped by check: {k}": v for k, v in res.dropped.items()}}.items():
+        console.print(f"[yellow]{n}[/] {why}")
+    if res.failed_chunks:
+        console.print(f"[yellow]{len(res.failed_chunks)} chunk(s) got no usable pairs from the model[/], "
+                      f"e.g. {res.failed_chunks[0]}")
+    c = {k: v for k, v in res.report.counts().items() if v}
+    console.print("check: " + (", ".join(f"{v} {k}" for k, v in c.items()) if c else "[green]no problems found[/]"))
+
+
+@data_app.command("split")
+@friendly
+def data_split(file: Path = typer.Argument(..., help="Dataset to split (any supported format)."),
+               out_dir: Path = typer.Option(Path("data"), "--out-dir", "-o", help="Folder for train/eval/test files."),
+               eval_share: str = typer.Option("0.1", "--eval", help="Eval share: a ratio (0.1) or a count (200)."),
+               test_share: str = typer.Option("0", "--test", help="Test share: a ratio or a count (0 for none)."),
+               seed: int = typer.Option(0),
+               threshold: float = typer.Option(0.8, help="Near duplicates at this similarity stay together."),
+               group_source: bool = typer.Option(True, "--group-source/--no-group-source",
+                                                 help="Keep records of the same source article together."),
+               to: str = typer.Option("messages", "--to", help=f"Output format: {_FORMATS_HELP}.")):
+    """Split into train/eval(/test) so that no near duplicate or same-article sibling crosses a split."""
+    from lorakit.data.split import parse_share, split
+    res = split(file, out_dir, eval=parse_share(eval_share, "eval"), test=parse_share(test_share, "test"), seed=seed,
+                threshold=threshold, by_source=group_source, fmt=to)
+    for name, path in res.paths.items():
+        console.print(f"{name:5} {res.sizes[name]:>7} records → {path}")
+    console.print(f"{res.groups} groups (largest {res.largest_group} records) kept whole across the split")
+
+
 # ---------------------------------------------------------------------------- doctor
 @app.command()
 @friendly
