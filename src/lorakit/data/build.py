@@ -10,7 +10,7 @@ attached, question/answer pairs written by a model: a local model (preset, folde
 `local_generator`), any OpenAI-compatible endpoint (`endpoint_generator`), or any callable
 ``list[str] -> list[str]`` (tests plug in fakes). Records are appended to ``OUT.partial`` as they arrive, so an
 interrupted build resumes where it stopped without duplicating anything (records are keyed by document,
-article and index). At the end the records pass through `lorakit.data.check`; records with errors or
+article, generator and index; a chunk the model gave nothing usable for is asked again). At the end the records pass through `lorakit.data.check`; records with errors or
 duplicates are dropped and the checked file is written atomically to ``OUT``.
 """
 from __future__ import annotations
@@ -475,8 +475,13 @@ def _load_partial(partial: Path) -> list[Conversation]:
     """Records of an earlier, interrupted run; a half-written last line is ignored."""
     if not partial.exists() or partial.stat().st_size == 0:
         return []
+    raw = partial.read_bytes()
+    if not raw.endswith(b"\n"):  # a line cut by a hard kill: drop it so new records start on a fresh line
+        with open(partial, "r+b") as f:
+            f.truncate(raw.rfind(b"\n") + 1)
+        raw = raw[: raw.rfind(b"\n") + 1]
     out = []
-    for line in partial.read_text(encoding="utf-8").split("\n"):
+    for line in raw.decode("utf-8", errors="replace").split("\n"):
         if not line.strip():
             continue
         try:
