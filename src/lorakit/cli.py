@@ -246,6 +246,41 @@ def train(ctx: typer.Context,
                       f"peak {s['peak_memory_mb']:.0f} MB → {result.run_dir}")
 
 
+# ---------------------------------------------------------------------------- eval
+@app.command("eval")
+@friendly
+def eval_cmd(data: Path = typer.Option(..., "--data", "-d", help="Held-out set (any supported format)."),
+             model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+             adapter: List[Path] = typer.Option([], "--adapter", "-a", help="Adapter or run folder; repeat for "
+                                                                           "several."),
+             out: Path = typer.Option(Path("runs/eval"), "--out", help="Folder for eval.html, eval.md, eval.json."),
+             no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
+             max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
+             limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
+             system_prompt: Optional[str] = typer.Option(None)):
+    """Compare the base model and one or more adapters on a held-out set: loss, ROUGE, BLEU, keywords, citations."""
+    from lorakit.evaluate.compare import compare
+    cmp = compare(model, adapter, data, out_dir=out, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                  limit=limit, include_base=not no_base, system_prompt=system_prompt, console=console)
+    console.print(cmp.table())
+    console.print(f"report: {out / 'eval.html'} and {out / 'eval.md'}")
+
+
+# ---------------------------------------------------------------------------- quickstart
+@app.command()
+@friendly
+def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+               runs_dir: str = typer.Option("runs"), name: str = typer.Option("quickstart"),
+               epochs: float = typer.Option(3.0), max_new_tokens: int = typer.Option(96),
+               eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out questions.")):
+    """The whole lifecycle on the bundled traffic-law demo: pull, check, train, evaluate, report."""
+    from lorakit.quickstart import quickstart as run
+    verdict = run(model=model, runs_dir=runs_dir, name=name, epochs=epochs, max_new_tokens=max_new_tokens,
+                  eval_limit=eval_limit, console=console)
+    if not verdict["improved"]:
+        raise typer.Exit(1)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

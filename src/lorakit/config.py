@@ -17,7 +17,7 @@ class Strict(BaseModel):
 class LoraSettings(Strict):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank")
     alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="0 is fastest (PEFT skips a copy of the input)")
     targets: list[str] | Literal["all-linear"] = Field("all-linear", description="module names or 'all-linear'")
     dora: bool = False
     rslora: bool = False

@@ -198,7 +198,7 @@ def load_for_training(model_path: Path, cfg: TrainConfig, precision):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     torch.set_grad_enabled(True)
     if cfg.method == "full":
-        model.float() if precision.weights == "float32" else None
+        model.float()  # full fine-tuning keeps fp32 master weights; autocast still runs matmuls in bf16
         for p in model.parameters():
             p.requires_grad_(True)
     return model

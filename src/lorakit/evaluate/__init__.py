@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics (pure functions), base-versus-adapters comparison, performance benchmark."""

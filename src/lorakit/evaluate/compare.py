@@ -1,0 +1,151 @@
+"""Base versus fine-tuned (one or several adapters) on one held-out set: loss, generation, metrics, report.
+
+The base model is loaded once; adapters are attached to it by name and switched, so N systems cost one load.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lorakit.errors import LorakitError
+from lorakit.evaluate import metrics as M
+
+SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
+         "exact_match": "EM", "keywords": "keyw.", "citation": "cite"}
+METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation")
+
+
+@dataclass
+class SystemResult:
+    name: str
+    answers: list[str]
+    per_example: list[dict]
+    summary: dict
+    seconds: float
+
+
+@dataclass
+class Comparison:
+    questions: list[str]
+    references: list[str]
+    systems: list[SystemResult] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def table(self, title: str = "held-out comparison") -> Table:
+        t = Table(title=title)
+        t.add_column("system")
+        for m in METRICS:
+            t.add_column(SHORT[m], justify="right")
+        best = {m: _best(m, [s.summary.get(m) for s in self.systems]) for m in METRICS}
+        for s in self.systems:
+            cells = []
+            for m in METRICS:
+                v = s.summary.get(m)
+                txt = "–" if v is None else (f"{v:.3f}" if m not in ("perplexity",) else f"{v:.2f}")
+                cells.append(f"[bold green]{txt}[/]" if v is not None and v == best[m] and len(self.systems) > 1
+                             else txt)
+            t.add_row(s.name, *cells)
+        return t
+
+
+def _best(metric: str, values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return min(vals) if metric in ("loss", "perplexity") else max(vals)
+
+
+def adapter_label(path: Path) -> str:
+    path = Path(path)
+    return path.parent.name if path.name == "adapter" else path.name
+
+
+def compare(model: str, adapters: list[str | Path], data: str | Path, *, out_dir: str | Path | None = None,
+            max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None, include_base: bool = True,
+            system_prompt: str | None = None, console: Console | None = None) -> Comparison:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lorakit.data.formats import read_records
+    from lorakit.evaluate.generate import answer_loss, generate, perplexity
+    from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
+    from lorakit.models.load import attach_adapter, set_threads
+
+    console = console or Console(stderr=True)
+    records = [r for r in read_records(data) if r.answer and r.prompt]
+    if not records:
+        raise LorakitError("no record with a question and a reference answer to evaluate on", file=data)
+    if limit:
+        records = records[:limit]
+    for r in records:
+        if system_prompt and not r.system:
+            r.system = system_prompt
+    set_threads()
+    path = resolve(model, console=console)
+    tokenizer = load_tokenizer(path)
+    precision = pick_precision()
+    base = load_model(path, precision)
+    systems: list[tuple[str, object]] = []
+    peft_model = None
+    for i, a in enumerate(adapters):
+        name = adapter_label(Path(a))
+        while name in [n for n, _ in systems]:
+            name += f"-{i}"
+        if peft_model is None:
+            peft_model = attach_adapter(base, a, name=name)
+        else:
+            src = Path(a) / "adapter" if (Path(a) / "adapter").is_dir() else Path(a)
+            peft_model.load_adapter(str(src), adapter_name=name)
+        systems.append((name, a))
+    prompts = [r.prompt_messages() for r in records]
+    full = [r.messages() for r in records]
+    result = Comparison(questions=[r.prompt for r in records], references=[r.answer for r in records],
+                        meta={"model": model, "model_path": str(path), "data": str(data), "n": len(records),
+                              "max_new_tokens": max_new_tokens, "precision": precision.why})
+    runs = ([("base", None)] if include_base else []) + systems
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as prog:
+        for name, adapter in runs:
+            task = prog.add_task(f"generating: {name}", total=len(records))
+            if adapter is None:
+                active = peft_model or base
+                ctx = peft_model.disable_adapter() if peft_model is not None else _null()
+            else:
+                peft_model.set_adapter(name)
+                active, ctx = peft_model, _null()
+            t0 = time.perf_counter()
+            with ctx:
+                loss, per_loss = answer_loss(active, tokenizer, full, precision=precision, batch_size=batch_size)
+                answers = generate(active, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   precision=precision, on_batch=lambda n, t=task: prog.advance(t, n))
+            seconds = time.perf_counter() - t0
+            per = []
+            for r, ans, lo in zip(records, answers, per_loss):
+                s = M.score(ans, r.answer, keywords=r.meta.get("keywords"), article=r.source.get("article"))
+                s["loss"] = lo
+                per.append(s)
+            summary = {m: M.mean(p[m] for p in per) for m in METRICS if m not in ("loss", "perplexity")}
+            summary["loss"] = loss
+            summary["perplexity"] = perplexity(loss)
+            summary["seconds"] = round(seconds, 1)
+            result.systems.append(SystemResult(name, answers, per, summary, seconds))
+    if out_dir:
+        from lorakit.evaluate.report import write_reports
+        write_reports(result, Path(out_dir))
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def load_comparison(path: Path) -> dict:
+    return json.loads((Path(path) / "eval.json").read_text(encoding="utf-8"))

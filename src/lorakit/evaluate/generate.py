@@ -1,0 +1,77 @@
+"""Batched greedy generation and teacher-forced loss: the two measurements every comparison needs."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Sequence
+
+from lorakit.models.chat import stop_ids
+
+
+def autocast_ctx(model, precision):
+    import torch
+    if precision is not None and precision.autocast:
+        return torch.autocast(device_type=precision.device, dtype=precision.torch_autocast)
+    return contextlib.nullcontext()
+
+
+def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
+             batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers for each message list (left-padded batches, stop at the end-of-turn token)."""
+    import torch
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    stops = stop_ids(tokenizer)
+    device = next(model.parameters()).device
+    # Longest prompts first so that a batch holds prompts of similar length (less padding).
+    texts = [tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True) for m in conversations]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: list[str] = [""] * len(texts)
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.no_grad(), autocast_ctx(model, precision):
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id)
+            for row, i in zip(gen[:, enc["input_ids"].shape[1]:], idx):
+                out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            if on_batch:
+                on_batch(len(idx))
+    finally:
+        tokenizer.padding_side = old_side
+    return out
+
+
+def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_length: int = 1024,
+                precision=None, batch_size: int = 8) -> tuple[float, list[float]]:
+    """Mean loss per trained token on the reference answers (same mask as training) and per-example losses."""
+    import torch
+    import torch.nn.functional as F
+
+    from lorakit.data.tokenize import assistant_spans
+    device = next(model.parameters()).device
+    rows = [assistant_spans(tokenizer, m, max_length=max_length) for m in conversations]
+    total, count, per = 0.0, 0, []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk], device=device)
+        att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
+        lab = torch.tensor([[t if k else -100 for t, k in zip(i, m)] + [-100] * (width - len(i)) for i, m in chunk],
+                           device=device)
+        with torch.no_grad(), autocast_ctx(model, precision):
+            logits = model(input_ids=ids, attention_mask=att).logits.float()
+        lp = F.cross_entropy(logits[:, :-1].transpose(1, 2), lab[:, 1:], ignore_index=-100, reduction="none")
+        n = (lab[:, 1:] != -100).sum(1)
+        for s, c in zip(lp.sum(1).tolist(), n.tolist()):
+            per.append(s / c if c else float("nan"))
+        total += lp.sum().item()
+        count += int(n.sum())
+    return (total / count if count else float("nan")), per
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss == loss and loss < 50 else float("inf")
