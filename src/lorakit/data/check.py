@@ -150,7 +150,7 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
     exact_of = _exact_duplicates(records)
     for i, j in exact_of.items():
         add(_pair_finding("duplicate", records, i, j, "the same as line {line}"))
-    near = minhash.near_duplicates(norm, threshold=near_threshold, n=ngram, normalized=True,
+    near = minhash.near_duplicates(norm, threshold=near_threshold, n=ngram, normalized=True, first_only=True,
                                    skip=np.array([i in exact_of for i in range(len(records))], bool)) if records else []
     seen = set(exact_of)
     for i, j, sim in near:
@@ -320,6 +320,7 @@ _RE_ID = re.compile(r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2
                     r"(?![0-9A-Za-z])")
 _RE_PHONE = re.compile(r"(?<![\d+])(?:\+?86[- ]?)?1[3-9]\d(?:\d{8}|[- ]\d{4}[- ]\d{4})(?!\d)")
 _RE_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_HAS_NUMBER = re.compile(r"\d{4}")
 _PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
 _RE_PLATE = re.compile(rf"[{_PROVINCES}][A-HJ-NP-Z][·•\s]?(?=[A-HJ-NP-Z0-9]{{0,5}}\d)[A-HJ-NP-Z0-9]{{4,5}}"
                        r"[A-HJ-NP-Z0-9挂学警]?(?![A-Za-z0-9])")
@@ -336,14 +337,14 @@ def find_pii(text: str) -> list[tuple[str, str]]:
     if not text:
         return []
     found: list[tuple[str, str]] = []
-    ascii_digits = any(c.isdigit() for c in text)
-    if ascii_digits:
+    if _HAS_NUMBER.search(text):
         ids = [m for m in _RE_ID.finditer(text) if id_check_digit_ok(m.group())]
         found += [("ID number", m.group()) for m in ids]
         taken = [(m.start(), m.end()) for m in ids]
         for m in _RE_PHONE.finditer(text):
             if not any(a <= m.start() < b for a, b in taken):
                 found.append(("mobile number", m.group()))
+    if not text.isascii():
         found += [("licence plate", m.group()) for m in _RE_PLATE.finditer(text)]
     if "@" in text:
         found += [("email", m.group()) for m in _RE_EMAIL.finditer(text)]
@@ -369,7 +370,9 @@ _LANG_NAME = {"zh": "Chinese", "en": "English"}
 
 def language(text: str) -> str | None:
     """'zh', 'en' or None (too little text to say). A Chinese character counts as much as 3 Latin letters."""
-    cjk = len(_CJK.findall(text))
+    cjk = 0 if text.isascii() else len(_CJK.findall(text))
+    if cjk * 3 >= 2 * (len(text) - cjk) and cjk * 3 >= 12:
+        return "zh"  # even if every other character were a Latin letter
     latin = len(_LATIN.findall(text))
     if cjk * 3 + latin < 12:
         return None
@@ -408,6 +411,8 @@ def _trigrams(s: str) -> set[str]:
 
 def repeats_question(question: str, answer: str) -> bool:
     """True when the answer is the question again (or little more than it)."""
+    if len(answer) > 2 * len(question) + 10 or len(question) > 2 * len(answer) + 10:
+        return False  # too different in length to be the same text (normalising removes far less than half)
     q, a = minhash.normalize(question), minhash.normalize(answer)
     if not q or not a:
         return False
