@@ -72,3 +72,26 @@ def test_template_that_rewrites_history(tokenizer):
             {"role": "user", "content": "b"}, {"role": "assistant", "content": "<think>y</think>two"}]
     ids, mask = assistant_spans(tok, msgs)
     assert supervised_text(tok, ids, mask) == "one" + END + "<think>y</think>two" + END
+
+
+def test_boundary_lookup_matches_offsets(tokenizer, fixtures):
+    """check counts tokens from span boundaries; it must agree with the full offsets on every record."""
+    from lorakit.data.formats import parse_records
+    from lorakit.data.tokenize import encoding_ranges, token_ranges
+
+    recs = parse_records(fixtures / "seeded.jsonl").records + parse_records(fixtures / "alpaca.json").records
+    for r in recs:
+        text, spans = assistant_char_spans(tokenizer, r.messages())
+        enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+        assert encoding_ranges(enc, spans, len(text)) == token_ranges([a for a, _ in enc.offsets], spans)
+        ids, mask = assistant_spans(tokenizer, r.messages())
+        assert ids == enc.ids and sum(mask) == sum(hi - lo for lo, hi in token_ranges([a for a, _ in enc.offsets], spans))
+
+
+def test_fast_render_matches_apply_chat_template(tokenizer):
+    from lorakit.data.tokenize import render
+    msgs = [{"role": "system", "content": "系统"}, {"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]
+    for k in range(1, 4):
+        for gen in (False, True):
+            assert render(tokenizer, msgs[:k], add_generation_prompt=gen) == \
+                tokenizer.apply_chat_template(msgs[:k], tokenize=False, add_generation_prompt=gen)

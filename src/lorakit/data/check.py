@@ -285,19 +285,30 @@ def _leakage(records, norm, eval_path: Path, columns, threshold, ngram) -> list[
 # ---------------------------------------------------------------------------- tokens
 def _token_findings(records, broken, tokenizer, cutoff: int, report: Report, batch: int = 512) -> list[int]:
     """Token length of every record under the chat template; truncation and supervised-token findings."""
-    from lorakit.data.tokenize import assistant_char_spans, token_ranges
+    from lorakit.data.tokenize import assistant_char_spans, encoding_ranges, token_ranges
 
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     lengths = [0] * len(records)
     todo = [i for i in range(len(records)) if not broken[i]]
     for b in range(0, len(todo), batch):
         idx = todo[b:b + batch]
         rendered = [assistant_char_spans(tokenizer, records[i].messages()) for i in idx]
-        enc = tokenizer([t for t, _ in rendered], add_special_tokens=False, return_offsets_mapping=True)
-        for i, (text, spans), offsets in zip(idx, rendered, enc["offset_mapping"]):
-            starts = [a for a, _ in offsets]
-            n = len(starts)
+        texts = [t for t, _ in rendered]
+        if backend is not None:  # the Rust encodings directly: no per-token Python objects
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
+        else:
+            encodings = [None] * len(texts)
+            offsets_all = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for k, (i, (text, spans)) in enumerate(zip(idx, rendered)):
+            enc = encodings[k]
+            ranges = encoding_ranges(enc, spans, len(text)) if enc is not None else None
+            if ranges is None:
+                offsets = enc.offsets if enc is not None else offsets_all[k]
+                ranges = token_ranges([a for a, _ in offsets], spans)
+                n = len(offsets)
+            else:
+                n = len(enc)
             lengths[i] = n
-            ranges = token_ranges(starts, spans)
             supervised = sum(hi - lo for lo, hi in ranges)
             kept = sum(max(0, min(hi, cutoff) - lo) for lo, hi in ranges)
             r = records[i]

@@ -29,8 +29,9 @@ def render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool =
     messages = [dict(m) for m in messages]
     fast = _fast_renderer(tokenizer)
     if fast is not None:
-        return fast.render(messages=messages, tools=None, documents=None,
-                           add_generation_prompt=add_generation_prompt, **tokenizer.special_tokens_map)
+        compiled, specials = fast
+        return compiled.render(messages=messages, tools=None, documents=None,
+                               add_generation_prompt=add_generation_prompt, **specials)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
@@ -54,7 +55,7 @@ def _fast_renderer(tokenizer):
             if want != got:
                 break
         else:
-            compiled = candidate
+            compiled = (candidate, dict(tokenizer.special_tokens_map))
     except Exception:  # any template or version mismatch: the official path is always right
         compiled = None
     if len(_RENDERERS) > 32:
@@ -82,7 +83,7 @@ def assistant_char_spans(tokenizer, messages: Sequence[dict], *, last_turn_only:
     cursor = 0
     for i in targets:
         before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = render(tokenizer, messages[:i + 1])
+        through = full if i == len(messages) - 1 else render(tokenizer, messages[:i + 1])
         if through.startswith(before) and full.startswith(through):
             start, end = len(before), len(through.rstrip())
         else:
@@ -115,6 +116,30 @@ def token_ranges(starts: Sequence[int], spans: Sequence[Span]) -> list[tuple[int
     """
     from bisect import bisect_left
     return [(bisect_left(starts, s), bisect_left(starts, e)) for s, e in spans]
+
+
+def encoding_ranges(encoding, spans: Sequence[Span], n_chars: int) -> list[tuple[int, int]] | None:
+    """`token_ranges` for a ``tokenizers.Encoding``, asking only for the tokens at span boundaries.
+
+    Returns None when a boundary character maps to no token (then use the offsets).
+    """
+    n = len(encoding)
+
+    def first_starting_at_or_after(pos: int) -> int | None:
+        if pos >= n_chars:
+            return n
+        t = encoding.char_to_token(pos)
+        if t is None:
+            return None
+        return t if encoding.token_to_chars(t)[0] >= pos else t + 1
+
+    out = []
+    for s, e in spans:
+        lo, hi = first_starting_at_or_after(s), first_starting_at_or_after(e)
+        if lo is None or hi is None:
+            return None
+        out.append((lo, hi))
+    return out
 
 
 def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: Sequence[Span]) -> list[int]:
