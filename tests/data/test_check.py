@@ -155,3 +155,17 @@ def test_repeats_question_rule():
     assert repeats_question("驾驶证到期了怎么换证？", "驾驶证到期了怎么换证。")
     assert repeats_question("What is a learner plate?", "What is a learner plate")
     assert not repeats_question("驾驶证到期了怎么换证？", "驾驶证到期了怎么换证？到期前九十天内带身份证到车管所申请即可。")
+
+
+def test_check_and_fix_a_llamafactory_registration(tmp_path, fixtures):
+    import shutil
+    d = tmp_path / "lf"
+    shutil.copytree(fixtures / "llamafactory", d)
+    rows = json.loads((d / "law_qa.json").read_text())
+    (d / "law_qa.json").write_text(json.dumps(rows + rows[:1], ensure_ascii=False))
+    info = {"law_qa": json.loads((d / "dataset_info.json").read_text())["law_qa"]}
+    (d / "dataset_info.json").write_text(json.dumps(info))
+    r = check(d / "dataset_info.json")
+    assert [f.code for f in r.findings] == ["duplicate"] and r.findings[0].file == str(d / "law_qa.json")
+    res = fix(r, tmp_path / "fixed.jsonl")
+    assert res.kept == 2 and res.dropped == {"duplicate": 1}

@@ -486,7 +486,7 @@ def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None 
                            hint="give another path; the input is never modified")
     drop_reason: dict[int, str] = {}
     for f in report.findings:
-        if f.code in drop and f.index is not None and f.file == report.path:
+        if f.code in drop and f.index is not None:  # index: a record of the checked file (not of --eval)
             drop_reason.setdefault(f.index, f.code)
     kept, trimmed, masked = [], 0, 0
     for i, r in enumerate(report.records):
