@@ -169,3 +169,16 @@ def test_check_and_fix_a_llamafactory_registration(tmp_path, fixtures):
     assert [f.code for f in r.findings] == ["duplicate"] and r.findings[0].file == str(d / "law_qa.json")
     res = fix(r, tmp_path / "fixed.jsonl")
     assert res.kept == 2 and res.dropped == {"duplicate": 1}
+
+
+def test_questions_about_one_article_are_not_near_duplicates(tmp_path):
+    answer = "根据示例规定第三条：驾驶人在雨天行车应当降低车速，保持足够的安全距离，并开启近光灯。"
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+             "source": {"document": "示例规定", "article": "第三条"}} for q in ("第三条讲了什么？", "第三条是怎么规定的？")]
+    p = tmp_path / "a.jsonl"
+    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    assert check(p).findings == []
+    for r in rows:
+        del r["source"]
+    p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    assert [(f.code, f.line) for f in check(p).findings] == [("near_duplicate", 2)]

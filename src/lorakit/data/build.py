@@ -399,10 +399,10 @@ def endpoint_generator(url: str, *, model: str | None = None, api_key: str | Non
             r = client.post(base + "/chat/completions", json=body)
         except httpx.HTTPError as e:
             raise LorakitError(f"cannot reach the endpoint ({e.__class__.__name__}: {e})", field="endpoint",
-                               hint=f"is the server running at {base}?") from None
+                               hint=f"Is the server running at {base}?") from None
         if r.status_code != 200:
             raise LorakitError(f"the endpoint answered HTTP {r.status_code}: {r.text[:200]}", field="endpoint",
-                               hint="check the URL (the API base, e.g. http://127.0.0.1:8000/v1), model and key")
+                               hint="Check the URL (the API base, e.g. http://127.0.0.1:8000/v1), model and key")
         try:
             return r.json()["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
@@ -578,20 +578,9 @@ def build(docs: Sequence[str | Path], out: str | Path, *, templates: int = 2, ge
     result.dropped = res.dropped
     result.template_records = sum(1 for r in kept if r.meta.get("generator") == "template")
     result.model_records = result.records - result.template_records
-    final = check(out, fmt="messages")
-    final.findings = [f for f in final.findings if not _same_article(final, f)]
-    result.report = final
+    result.report = check(out, fmt="messages")
     partial.unlink()
     return result
-
-
-def _same_article(report, finding) -> bool:
-    """A near duplicate of another question about the same article (expected: they share the answer)."""
-    if finding.code != "near_duplicate" or finding.index is None or not finding.related:
-        return False
-    mine = report.records[finding.index].source
-    other = next((r.source for r in report.records if r.source.get("line") == finding.related.get("line")), {})
-    return (mine.get("document"), mine.get("article")) == (other.get("document"), other.get("article"))
 
 
 def iter_chunks(docs: Iterable[str | Path]) -> Iterable[Chunk]:

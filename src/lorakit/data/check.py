@@ -7,7 +7,7 @@ nothing to learn, eval items in the training data); warnings deserve a look (dup
 language and width mix). `fix` writes a cleaned copy and never touches the input.
 
 Checks, in order: parse errors, role order, empty fields, exact and near duplicates (MinHash over
-character n-grams), train/eval leakage (exact and near), token length against the cut-off under the model's
+character n-grams; questions about the same source article may overlap), train/eval leakage (exact and near), token length against the cut-off under the model's
 own chat template (truncated answers, zero supervised tokens), answers that repeat the question, PII
 (mainland mobile numbers, resident ID numbers with a valid check digit, emails, licence plates), question and
 answer in different languages, and full-width/half-width inconsistencies.
@@ -134,7 +134,7 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
     add = report.findings.append
 
     for e in parsed.errors:
-        add(Finding("parse", e.message + (f" ({e.hint})" if e.hint else ""), e.file, e.line, e.field))
+        add(Finding("parse", e.message + (f" ({e.hint[0].lower() + e.hint[1:]})" if e.hint else ""), e.file, e.line, e.field))
 
     say("checking records")
     broken = np.zeros(len(records), bool)  # records later checks should skip
@@ -151,7 +151,8 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
     for i, j in exact_of.items():
         add(_pair_finding("duplicate", records, i, j, "the same as line {line}"))
     near = minhash.near_duplicates(norm, threshold=near_threshold, n=ngram, normalized=True, first_only=True,
-                                   skip=np.array([i in exact_of for i in range(len(records))], bool)) if records else []
+                                   skip=np.array([i in exact_of for i in range(len(records))], bool),
+                                   same_group=_article_groups(records)) if records else []
     seen = set(exact_of)
     for i, j, sim in near:
         if j not in seen:
@@ -217,6 +218,21 @@ def _record_findings(r: Conversation, i: int) -> list[Finding]:
         if lq and la and lq != la:
             add("language_mix", f"the question is {_LANG_NAME[lq]} but the answer is {_LANG_NAME[la]}")
     return found
+
+
+def _article_groups(records: list[Conversation]) -> np.ndarray:
+    """A group id per record with the same source document and article (-1 without one).
+
+    Several questions about one article (what `data build` writes) overlap on purpose; they are not reported
+    as near duplicates, and `data split` keeps them on one side.
+    """
+    ids: dict[tuple, int] = {}
+    out = np.full(len(records), -1, np.int64)
+    for i, r in enumerate(records):
+        doc, art = r.source.get("document"), r.source.get("article")
+        if doc is not None and art is not None:
+            out[i] = ids.setdefault((doc, art), len(ids))
+    return out
 
 
 def _exact_duplicates(records: list[Conversation]) -> dict[int, int]:
@@ -483,7 +499,7 @@ def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None 
     out = Path(out)
     if out.resolve() == Path(report.path).resolve():
         raise LorakitError("--fix must write a new file, not the input", file=out, field="fix",
-                           hint="give another path; the input is never modified")
+                           hint="Give another path; the input is never modified")
     drop_reason: dict[int, str] = {}
     for f in report.findings:
         if f.code in drop and f.index is not None:  # index: a record of the checked file (not of --eval)

@@ -84,7 +84,7 @@ def read_records(path: str | Path, fmt: str | None = None, *, columns: dict | No
         more = len(parsed.errors) - 1
         if more:
             hint = (first.hint + ". " if first.hint else "") + \
-                f"{more} more record(s) have problems too; `lorakit data check {path}` lists them all"
+                f"{more} more record(s) have problems too: `lorakit data check {path}` lists them all"
             raise LorakitError(first.message, file=first.file, line=first.line, field=first.field, hint=hint)
         raise first
     return parsed.records
@@ -105,7 +105,7 @@ def parse_records(path: str | Path, fmt: str | None = None, *, columns: dict | N
     """
     path = Path(path)
     if fmt is not None and fmt not in FORMATS:
-        raise LorakitError(f"unknown format '{fmt}'", field="format", hint="use one of: " + ", ".join(FORMATS))
+        raise LorakitError(f"unknown format '{fmt}'", field="format", hint="Use one of: " + ", ".join(FORMATS))
     text = _read_text(path)
     detected, container, data = _detect(path, text, fmt)
     fmt = fmt or detected
@@ -116,7 +116,7 @@ def parse_records(path: str | Path, fmt: str | None = None, *, columns: dict | N
     if container == "text":
         if fmt != "text":
             raise LorakitError(f"the file is plain text, not {fmt} JSON", file=path,
-                               hint="drop --format to read it as plain text for continued pre-training")
+                               hint="Drop --format to read it as plain text for continued pre-training")
         return _parse_plain_text(path, text)
     items = data if data is not None else _iter_json(path, text, container)
     return _parse_json_records(path, items, fmt, columns)
@@ -134,7 +134,7 @@ def write_records(path: str | Path, records: Iterable[Conversation], fmt: str = 
     path = Path(path)
     records = list(records)
     if fmt not in FORMATS:
-        raise LorakitError(f"unknown format '{fmt}'", field="format", hint="use one of: " + ", ".join(FORMATS))
+        raise LorakitError(f"unknown format '{fmt}'", field="format", hint="Use one of: " + ", ".join(FORMATS))
     if fmt == "llamafactory":
         return _write_llamafactory(path, records, name or path.stem)
     if fmt in ("csv", "tsv"):
@@ -161,25 +161,25 @@ def _read_text(path: Path) -> str:
         raise LorakitError("file not found", file=path)
     if path.is_dir():
         raise LorakitError("this is a folder, not a dataset file", file=path,
-                           hint="name the file itself (or a LLaMA-Factory dataset_info.json)")
+                           hint="Name the file itself (or a LLaMA-Factory dataset_info.json)")
     raw = path.read_bytes()
     if not raw.strip():
-        raise LorakitError("the file is empty", file=path, hint="expected records in one of: " + ", ".join(FORMATS))
+        raise LorakitError("the file is empty", file=path, hint="Expected records in one of: " + ", ".join(FORMATS))
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise LorakitError("the file is UTF-16 text", file=path, hint="save it as UTF-8 and try again")
+        raise LorakitError("the file is UTF-16 text", file=path, hint="Save it as UTF-8 and try again")
     head = raw[:8192]
     magic = {b"PK\x03\x04": "a zip archive (xlsx/docx?)", b"\x1f\x8b": "gzip data", b"%PDF": "a PDF",
              b"\x89PNG": "a PNG image", b"\xd0\xcf\x11\xe0": "an old Office file (xls/doc?)"}
     kind = next((k for m, k in magic.items() if head.startswith(m)), None)
     if kind or b"\x00" in head:
         raise LorakitError(f"this is {kind or 'binary data'}, not a text dataset", file=path,
-                           hint="export it as JSON, JSONL, CSV or plain UTF-8 text first")
+                           hint="Export it as JSON, JSONL, CSV or plain UTF-8 text first")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise LorakitError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} cannot be decoded)", file=path, line=line,
-                           hint="if it is GBK/GB18030, convert it first: iconv -f GB18030 -t UTF-8 IN > OUT")
+                           hint="If it is GBK/GB18030, convert it first: iconv -f GB18030 -t UTF-8 IN > OUT")
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -299,7 +299,7 @@ def _iter_json(path: Path, text: str, container: str) -> Iterator[tuple[int, Any
             except json.JSONDecodeError as e:
                 hint = None
                 if line.lstrip().startswith("{") and not line.rstrip().endswith("}"):
-                    hint = "each JSONL record must be one complete JSON object on one line"
+                    hint = "Each JSONL record must be one complete JSON object on one line"
                 yield LorakitError(f"not valid JSON ({e.msg} at column {e.colno})", file=path, line=lineno,
                                    hint=hint)
         return
@@ -416,9 +416,9 @@ def _role(name: Any, where: str, path: Path, line: int, cols: dict) -> str:
     role = ROLE_ALIASES.get(name.strip().lower())
     if role is None:
         known = "user (human), assistant (gpt, bot, model) and system"
-        hint = "tool and function-call turns are not supported" if name.lower() in (
+        hint = "Tool and function-call turns are not supported" if name.lower() in (
             "tool", "function", "function_call", "observation") else \
-            "map it with a dataset_info.json 'tags' entry (user_tag/assistant_tag)"
+            "Map it with a dataset_info.json 'tags' entry (user_tag/assistant_tag)"
         raise LorakitError(f"unknown role '{name}' (known: {known})", file=path, line=line, field=where, hint=hint)
     return role
 
@@ -446,7 +446,7 @@ def _chat_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Conv
             key = other
         else:
             raise LorakitError(f"missing field '{key}' (the list of turns)", file=path, line=line, field=key,
-                               hint=f"the file looks like {fmt} data, where every record has '{key}'")
+                               hint=f"The file looks like {fmt} data, where every record has '{key}'")
     turns_in = obj[key]
     if not isinstance(turns_in, list):
         raise LorakitError(f"expected a list of turns, got {_type_name(turns_in)}", file=path, line=line, field=key)
@@ -481,14 +481,14 @@ def _alpaca_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Co
     for k in (pk, rk):
         if k not in obj:
             raise LorakitError(f"missing field '{k}'", file=path, line=line, field=k,
-                               hint=f"alpaca records need '{pk}' and '{rk}' ('{cols['query']}', "
+                               hint=f"Alpaca records need '{pk}' and '{rk}' ('{cols['query']}', "
                                     f"'{cols['system']}' and '{cols['history']}' are optional)")
     instruction = _want_str(obj[pk], pk, path, line)
     query = _want_str(obj.get(cols["query"]), cols["query"], path, line, optional=True)
     response = obj[rk]
     if isinstance(response, list):
         raise LorakitError("expected a string, got a list", file=path, line=line, field=rk,
-                           hint="preference/ranking data (several outputs) is not supported by SFT")
+                           hint="Preference/ranking data (several outputs) is not supported by SFT")
     response = _want_str(response, rk, path, line)
     system = _want_str(obj.get(cols["system"]), cols["system"], path, line, optional=True)
     turns = _history_turns(obj.get(cols["history"]), cols["history"], path, line)
@@ -581,7 +581,7 @@ def _parse_csv(path: Path, text: str, delim: str, columns: dict | None, fmt: str
         if len(row) != len(header):
             parsed.errors.append(LorakitError(
                 f"the row has {len(row)} column(s) but the header has {len(header)}", file=path, line=start,
-                hint=f"check for an unquoted '{'tab' if delim == chr(9) else delim}' or a missing column"))
+                hint=f"Check for an unquoted '{'tab' if delim == chr(9) else delim}' or a missing column"))
             continue
         obj = {role: row[index[col]] for role, col in mapping.items()}
         extra = {h: row[i] for h, i in index.items() if h not in mapped and row[i] != ""}
@@ -623,7 +623,7 @@ def _csv_mapping(path: Path, header: list[str], columns: dict | None) -> dict:
             continue
         if col not in header:
             raise LorakitError(f"column '{col}' (mapped to {role}) is not in the header", file=path, line=1,
-                               field=col, hint="the header has: " + ", ".join(header))
+                               field=col, hint="The header has: " + ", ".join(header))
         mapping[role] = col
     for role, names in DEFAULT_COLUMNS.items():
         if role not in mapping:
@@ -638,7 +638,7 @@ def _csv_mapping(path: Path, header: list[str], columns: dict | None) -> dict:
     missing = "response" if "prompt" in mapping else "prompt"
     names = " or ".join(f"'{n}'" for n in DEFAULT_COLUMNS[missing][:4])
     raise LorakitError(f"missing column: no {missing} column ({names}) in the header", file=path, line=1,
-                       field=missing, hint="the header has: " + ", ".join(header) +
+                       field=missing, hint="The header has: " + ", ".join(header) +
                        f"; map yours with --column {missing}=NAME")
 
 
@@ -648,15 +648,15 @@ def _read_dataset_info(path: Path, info: Any, dataset: str | None) -> Parsed:
     if dataset is None:
         if len(info) > 1:
             raise LorakitError("the dataset_info.json registers several datasets", file=path, field="dataset",
-                               hint="pick one with --dataset: " + ", ".join(info))
+                               hint="Pick one with --dataset: " + ", ".join(info))
         dataset = next(iter(info))
     if dataset not in info:
         raise LorakitError(f"no dataset named '{dataset}'", file=path, field=dataset,
-                           hint="registered: " + ", ".join(info))
+                           hint="Registered: " + ", ".join(info))
     entry = info[dataset]
     if "file_name" not in entry:
         raise LorakitError("the dataset lives on a hub; lorakit reads local files only", file=path, field=dataset,
-                           hint="download it and register it with file_name")
+                           hint="Download it and register it with file_name")
     if entry.get("ranking"):
         raise LorakitError("preference (ranking) datasets are not supported for SFT", file=path, field=dataset)
     formatting = entry.get("formatting", "alpaca")
@@ -694,10 +694,10 @@ def _chat_pairs(conv: Conversation, i: int, fmt: str) -> list[tuple[str, str]]:
     roles = [t.role for t in turns]
     if roles == ["assistant"]:
         raise LorakitError(f"record {i} is plain text (no user turn), which {fmt} cannot hold",
-                           hint="write it as text or messages instead")
+                           hint="Write it as text or messages instead")
     if len(turns) % 2 or any(r != ("user", "assistant")[j % 2] for j, r in enumerate(roles)):
         raise LorakitError(f"record {i} does not alternate user/assistant turns, which {fmt} cannot hold",
-                           hint="fix it with `lorakit data check --fix`, or write messages or sharegpt")
+                           hint="Fix it with `lorakit data check --fix`, or write messages or sharegpt")
     return [(turns[j].content, turns[j + 1].content) for j in range(0, len(turns), 2)]
 
 
@@ -770,7 +770,7 @@ def _write_csv(path: Path, records: list[Conversation], delim: str) -> Path:
     has_chat = any("text" not in r for r in rows)
     if has_text and has_chat:
         raise LorakitError("CSV cannot mix plain-text and chat records in one file",
-                           hint="split them, or write messages JSONL")
+                           hint="Split them, or write messages JSONL")
     base = ["text"] if has_text else ["system", "instruction", "input", "output", "history"]
     fields = base + ["source"] + [k for k in meta_keys if k not in base and k != "source"]
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -806,8 +806,8 @@ def parse_columns(pairs: Iterable[str]) -> dict[str, str] | None:
         role, sep, name = p.partition("=")
         role, name = role.strip(), name.strip()
         if not sep or not role or not name:
-            raise LorakitError(f"'{p}' is not ROLE=NAME", field="column", hint="e.g. --column prompt=question")
+            raise LorakitError(f"'{p}' is not ROLE=NAME", field="column", hint="E.g. --column prompt=question")
         if role not in known:
-            raise LorakitError(f"unknown role '{role}'", field="column", hint="known: " + ", ".join(sorted(known)))
+            raise LorakitError(f"unknown role '{role}'", field="column", hint="Known: " + ", ".join(sorted(known)))
         out[role] = name
     return out or None

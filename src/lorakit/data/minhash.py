@@ -234,14 +234,15 @@ def jaccard(a: set, b: set) -> float:
 
 def near_duplicates(texts: list[str], *, threshold: float = 0.8, n: int = 3, seed: int = 0,
                     side: np.ndarray | None = None, skip: np.ndarray | None = None, normalized: bool = False,
-                    first_only: bool = False, hasher: MinHasher | None = None) -> list[tuple[int, int, float]]:
+                    first_only: bool = False, same_group: np.ndarray | None = None,
+                    hasher: MinHasher | None = None) -> list[tuple[int, int, float]]:
     """Pairs (i, j, jaccard), i < j, whose n-gram Jaccard similarity is at least ``threshold``.
 
     Candidates come from LSH; pairs whose signature estimate is far below the threshold are dropped and the
     rest are confirmed with the exact Jaccard similarity. ``side`` (0/1 per text) keeps only pairs across
     sides (train/eval leakage); ``skip`` (bool per text) leaves texts out; ``first_only`` keeps, for each
-    later text, only its first confirmed partner (what a report needs). Texts are normalised unless
-    ``normalized``.
+    later text, only its first confirmed partner (what a report needs); ``same_group`` (an int per text, -1
+    for none) ignores pairs inside one group. Texts are normalised unless ``normalized``.
     """
     if not normalized:
         texts = [normalize(t) for t in texts]
@@ -254,6 +255,9 @@ def near_duplicates(texts: list[str], *, threshold: float = 0.8, n: int = 3, see
     pairs = hasher.candidate_pairs(sig, valid=valid, side=side)
     if not len(pairs):
         return []
+    if same_group is not None:
+        g = np.asarray(same_group)
+        pairs = pairs[(g[pairs[:, 0]] != g[pairs[:, 1]]) | (g[pairs[:, 0]] < 0)]
     pairs = pairs[hasher.estimate(sig, pairs) >= threshold - 0.15]  # 3 standard deviations at 80 rows
     sets: dict[int, set] = {}
 
