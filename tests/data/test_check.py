@@ -172,7 +172,8 @@ def test_check_and_fix_a_llamafactory_registration(tmp_path, fixtures):
 
 
 def test_questions_about_one_article_are_not_near_duplicates(tmp_path):
-    answer = "根据示例规定第三条：驾驶人在雨天行车应当降低车速，保持足够的安全距离，并开启近光灯。"
+    answer = ("根据示例规定第三条：驾驶人在雨天行车应当降低车速，保持足够的安全距离，并开启近光灯；"
+              "遇到积水路段要提前观察水深，不要猛踩油门，涉水后要轻踩几次制动踏板，让刹车尽快恢复正常。")
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
              "source": {"document": "示例规定", "article": "第三条"}} for q in ("第三条讲了什么？", "第三条是怎么规定的？")]
     p = tmp_path / "a.jsonl"
