@@ -65,8 +65,9 @@ def run_baseline(args) -> dict:
     t0 = time.perf_counter()
     out = trainer.train()
     secs = time.perf_counter() - t0
+    peak = peak_mb()
     model.eval()
-    return {"tokens": real["tokens"], "seconds": secs, "train_loss": out.training_loss,
+    return {"tokens": real["tokens"], "seconds": secs, "train_loss": out.training_loss, "peak_mb": peak,
             "heldout_loss": heldout_loss(model, tok)}
 
 
@@ -77,8 +78,11 @@ def run_lorakit(args) -> dict:
     from lorakit.train.recipe import train
     subset = Path(args.tmp) / "train_subset.jsonl"
     write_records(subset, read_records(DEMO / "train.jsonl")[:args.records])
-    cfg = TrainConfig(model=args.model, data=str(subset), runs_dir=args.tmp, name="lorakit", max_steps=args.steps,
-                      batch_size=args.batch, save_steps=10_000, learning_rate=2e-4)
+    from lorakit.config import parse_overrides
+    extra = parse_overrides(json.loads(args.set)) if args.set else {}
+    cfg = TrainConfig(**{"model": args.model, "data": str(subset), "runs_dir": args.tmp, "name": "lorakit",
+                         "max_steps": args.steps, "batch_size": args.batch, "save_steps": 10_000,
+                         "learning_rate": 2e-4, **extra})
     from rich.console import Console
     res = train(cfg, console=Console(stderr=True, quiet=True))
     s = res.summary
@@ -87,19 +91,23 @@ def run_lorakit(args) -> dict:
     precision = pick_precision()
     model = load_model(path, precision, adapter=res.adapter_dir)
     return {"tokens": s["tokens_seen"], "seconds": s["train_seconds"], "train_loss": s["train_loss"],
-            "heldout_loss": heldout_loss(model, tok, precision), "precision": precision.why}
+            "peak_mb": s["peak_memory_mb"], "heldout_loss": heldout_loss(model, tok, precision),
+            "precision": precision.why}
+
+
+def peak_mb() -> float:
+    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), measured after training."""
+    import resource
+
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args) -> None:
-    import resource
     result = run_baseline(args) if args.side == "baseline" else run_lorakit(args)
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    try:
-        import torch
-        result["peak_mb"] = (torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available()
-                             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    except Exception:  # noqa: BLE001
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
@@ -109,7 +117,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--lorakit", nargs=argparse.REMAINDER, default=[],
+                    help="lorakit config overrides, e.g. --lorakit --padding-free false")
     ap.add_argument("--side", choices=["baseline", "lorakit"], help=argparse.SUPPRESS)
+    ap.add_argument("--set", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["baseline", "lorakit"], help="run one side only")
     ap.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
@@ -118,15 +130,19 @@ def main() -> None:
     import tempfile
     tmp = tempfile.mkdtemp(prefix="lorakit-bench-")
     results = {}
-    for side in ("baseline", "lorakit"):
+    for side in ("baseline", "lorakit") if not args.only else (args.only,):
         print(f"running {side} ({args.steps} steps, batch {args.batch}, {args.model}) …", flush=True)
         cmd = [sys.executable, __file__, "--side", side, "--tmp", tmp, "--model", args.model, "--steps",
-               str(args.steps), "--batch", str(args.batch), "--records", str(args.records)]
+               str(args.steps), "--batch", str(args.batch), "--records", str(args.records),
+               "--set", json.dumps(args.lorakit)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
         results[side] = json.loads(line[-1][7:])
+    if args.only:
+        print("RESULTS " + json.dumps(results))
+        return
     b, k = results["baseline"], results["lorakit"]
     print(f"\n{'':24}{'baseline':>14}{'lorakit':>14}{'ratio':>10}")
     print(f"{'real tokens/s':24}{b['tokens_per_s']:>14.1f}{k['tokens_per_s']:>14.1f}"

@@ -270,7 +270,8 @@ def eval_cmd(data: Path = typer.Option(..., "--data", "-d", help="Held-out set (
 @app.command()
 @friendly
 def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
-               runs_dir: str = typer.Option("runs"), name: str = typer.Option("quickstart"),
+               runs_dir: str = typer.Option("runs"),
+               name: Optional[str] = typer.Option(None, help="Run folder name (default: quickstart-<time>)."),
                epochs: float = typer.Option(3.0), max_new_tokens: int = typer.Option(96),
                eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out questions.")):
     """The whole lifecycle on the bundled traffic-law demo: pull, check, train, evaluate, report."""

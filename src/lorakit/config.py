@@ -47,7 +47,9 @@ class TrainConfig(Strict):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=8)
     packing: bool = Field(False, description="pack examples into max_length rows (block-diagonal attention)")
-    padding_free: bool = Field(True, description="concatenate each batch into one row without padding")
+    padding_free: bool | None = Field(None, description="concatenate each batch into one row without padding "
+                                                         "(default: on for CPU/MPS; on CUDA only with flash attention, "
+                                                         "since SDPA then needs a dense block mask)")
     completion_only: bool = Field(True, description="train only on assistant turns (+ end-of-turn token)")
     train_turns: Literal["all", "last"] = Field("all", description="which assistant turns are trained")
     gradient_checkpointing: bool = False

@@ -19,7 +19,7 @@ def demo_file(name: str) -> Path:
     return Path(str(resources.files("lorakit") / "demo" / name))
 
 
-def quickstart(*, model: str, runs_dir: str = "runs", name: str = "quickstart", epochs: float = 3.0,
+def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, epochs: float = 3.0,
                max_new_tokens: int = 96, eval_limit: int | None = None, console: Console) -> dict:
     from lorakit.config import TrainConfig
     from lorakit.data.check import check
@@ -28,7 +28,9 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str = "quickstart", 
     from lorakit.models import load_tokenizer, resolve
     from lorakit.train.recipe import train
 
+    import time
     train_file, eval_file = demo_file("train.jsonl"), demo_file("eval.jsonl")
+    name = name or time.strftime("quickstart-%Y%m%d-%H%M%S")
 
     console.rule("[bold]1/4 model")
     path = resolve(model, console=console)

@@ -11,7 +11,7 @@ from lorakit.errors import LorakitError
 from lorakit.models.gguf import check_gguf_header
 from lorakit.models.gguf_writer import write_gguf
 
-TEXT = "根据道路交通安全法第九十一条，饮酒后驾驶机动车的，处暂扣六个月机动车驾驶证。The driver must stop. 2024"
+TEXT = "根据道路交通安全法第九十一条，酒后开车会被暂扣驾驶证半年。The driver must stop. 2024"
 CONV = [{"role": "user", "content": "闯红灯扣几分？"}, {"role": "assistant", "content": "记6分。"}]
 
 

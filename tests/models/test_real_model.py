@@ -16,7 +16,7 @@ pytestmark = pytest.mark.real_model
 
 QA = [
     [{"role": "user", "content": "饮酒后驾驶机动车会受到什么处罚？"},
-     {"role": "assistant", "content": "处暂扣六个月机动车驾驶证，并处一千元以上二千元以下罚款。"}],
+     {"role": "assistant", "content": "驾驶证暂扣半年，另交一千到两千元罚款。"}],
     [{"role": "user", "content": "闯红灯一次扣几分？"},
      {"role": "assistant", "content": "驾驶机动车违反道路交通信号灯通行的，一次记6分。"}],
 ]
@@ -34,7 +34,7 @@ def test_real_model_template_and_end_of_turn(real_model_dir):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn_id(tok) == im_end and stop_ids(tok)[0] == im_end
     text = tok.apply_chat_template(QA[0], tokenize=False)
-    assert "<|im_start|>assistant\n处暂扣六个月" in text
+    assert "<|im_start|>assistant\n驾驶证暂扣半年" in text
 
 
 def test_real_model_two_lora_steps(real_model_dir):

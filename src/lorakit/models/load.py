@@ -164,5 +164,6 @@ def set_threads() -> int:
     """Use every physical core for intra-op work (the default can leave cores idle inside containers)."""
     import torch
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, n))
+    n = max(1, n // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # processes on one host share the cores
+    torch.set_num_threads(n)
     return n

@@ -29,7 +29,7 @@ def _corpus() -> list[str]:
                             lines.append(m["content"])
     except (FileNotFoundError, ModuleNotFoundError, json.JSONDecodeError):
         pass
-    lines.append("根据道路交通安全法第九十一条，饮酒后驾驶机动车的，处暂扣六个月机动车驾驶证，并处罚款。")
+    lines.append("根据道路交通安全法第九十一条，酒后开车的司机会被暂扣驾驶证半年，还要交罚款。")
     return lines
 
 
