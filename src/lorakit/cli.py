@@ -211,6 +211,8 @@ def doctor(model: Optional[str] = typer.Option(None, "--model", "-m", help="Pres
 def _quiet_libraries():
     """Library progress bars and info logs would interleave with lorakit's own rich output."""
     import os
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notes are not for users
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -280,6 +282,48 @@ def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model
                   eval_limit=eval_limit, console=console)
     if not verdict["improved"]:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------- deploy
+@app.command()
+@friendly
+def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+         adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Adapter or run folder."),
+         system: Optional[str] = typer.Option(None, help="System prompt."),
+         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0)):
+    """Chat in the terminal with streaming output (base model, or base + adapter)."""
+    from lorakit.serve.chat import chat_loop
+    chat_loop(model, adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature, console=console)
+
+
+@app.command()
+@friendly
+def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+          adapter: List[str] = typer.Option([], "--adapter", "-a", help="name=path or a run folder; repeat."),
+          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+          max_tokens: int = typer.Option(256, help="Default max_tokens per request.")):
+    """OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base model and several adapters."""
+    import uvicorn
+
+    from lorakit.serve.server import Systems, build_app, parse_adapters
+    systems = Systems(model, parse_adapters(adapter), console=console)
+    console.print(f"serving {', '.join(systems.names)} on http://{host}:{port}/v1")
+    uvicorn.run(build_app(systems, default_max_tokens=max_tokens), host=host, port=port, log_level="warning")
+
+
+@app.command("export")
+@friendly
+def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter or run folder."),
+               out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged model."),
+               model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
+               gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file (f16)."),
+               gguf_dtype: str = typer.Option("f16", help="f16 or f32.")):
+    """Merge an adapter into its base model and save safetensors (and GGUF); checks the merge kept its effect."""
+    from lorakit.serve.export import base_of, merge_and_export
+    info = merge_and_export(model or base_of(adapter), adapter, out, gguf=gguf, gguf_dtype=gguf_dtype,
+                            console=console)
+    console.print(f"[green]merged[/] → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})"
+                  + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
 
 
 def main():  # pragma: no cover - console entry point

@@ -144,8 +144,7 @@ def load_model(path: str | Path, precision: Precision, *, adapter: str | Path | 
     if adapter is not None:
         model = attach_adapter(model, adapter, trainable=trainable)
     if not trainable:
-        model.eval()
-    torch.set_grad_enabled(trainable)
+        model.eval()  # callers use torch.no_grad() / inference_mode(); global grad mode is left alone
     return model
 
 
