@@ -10,14 +10,15 @@ from lorakit.errors import LorakitError
 from lorakit.train import recipe
 
 
+def qa_rows(n: int) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"第{i}题：闯红灯扣几分？"},
+                          {"role": "assistant", "content": f"根据《道路交通安全法》第九十条，罚款{50 + i}元，记6分。"}]}
+            for i in range(n)]
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     """Two small adapters trained on the tiny model (different seeds, so they differ)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from conftest import qa_rows
-
     from lorakit.models.tiny import build_tiny
     root = tmp_path_factory.mktemp("serve")
     model = build_tiny(root / "model")

@@ -43,6 +43,30 @@ def stream_reply(model, tokenizer, messages: list[dict], *, precision=None, max_
     thread.join()
 
 
+def complete(model, tokenizer, messages: list[dict], *, precision=None, max_new_tokens: int = 256,
+             temperature: float = 0.0) -> tuple[str, int, int, str]:
+    """One whole reply: (text, prompt tokens, completion tokens, finish reason "stop" or "length")."""
+    import torch
+
+    from lorakit.evaluate.generate import autocast_ctx
+    from lorakit.models.chat import stop_ids
+    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+    stops = stop_ids(tokenizer)
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                  do_sample=temperature > 0)
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+    with torch.no_grad(), autocast_ctx(model, precision):
+        out = model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:].tolist()
+    finish = "stop" if out and out[-1] in stops else "length"
+    n_completion = len(out)
+    while out and out[-1] in stops + [tokenizer.pad_token_id]:
+        out.pop()
+    return tokenizer.decode(out, skip_special_tokens=True).strip(), enc["input_ids"].shape[1], n_completion, finish
+
+
 def chat_loop(model: str, adapter: str | Path | None, *, system: str | None, max_new_tokens: int,
               temperature: float, console: Console) -> None:
     m, tok, precision = load_chat_model(model, adapter, console)

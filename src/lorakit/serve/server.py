@@ -82,7 +82,7 @@ def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest):
-        from lorakit.serve.chat import stream_reply
+        from lorakit.serve.chat import complete, stream_reply
         if req.model not in systems.names:
             return _error(404, f"model '{req.model}' is not served here; available: {', '.join(systems.names)}",
                           "model_not_found")
@@ -113,12 +113,15 @@ def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
 
-        text = "".join(pieces()).strip()
-        prompt_tokens = len(systems.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-        completion_tokens = len(systems.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with systems.lock:
+            model, ctx = systems.activate(req.model)
+            with ctx:
+                text, prompt_tokens, completion_tokens, finish = complete(
+                    model, systems.tokenizer, messages, precision=systems.precision, max_new_tokens=max_tokens,
+                    temperature=req.temperature)
         return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
+                             "finish_reason": finish}],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
