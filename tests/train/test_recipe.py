@@ -167,3 +167,13 @@ def test_qlora_on_cpu_is_a_clear_error(base_cfg):
     with pytest.raises(LorakitError) as e:
         run({**base_cfg, "method": "qlora"})
     assert "NVIDIA GPU" in e.value.render()
+
+
+def test_tensorboard_without_package_is_a_clear_error(base_cfg, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    with pytest.raises(LorakitError) as e:
+        run({**base_cfg, "tensorboard": True})
+    assert "pip install tensorboard" in e.value.render()

@@ -15,11 +15,12 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """Loss per step; a resumed run re-logs steps after its checkpoint, and the last value counts."""
+    """Loss per step (a resumed run first drops the lines logged after its checkpoint, so steps are unique)."""
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if "loss" in row:
+            assert row["step"] not in out, f"step {row['step']} logged twice"
             out[row["step"]] = row["loss"]
     return out
 

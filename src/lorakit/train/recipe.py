@@ -230,6 +230,15 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def trim_metrics(metrics: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from, so the curve has no doubled steps."""
+    if not metrics.exists():
+        return
+    keep = [line for line in metrics.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    write_text(metrics, "".join(x + "\n" for x in keep))
+
+
 def count_params(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -244,7 +253,13 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     main = is_main_process()
     say = console.print if main else (lambda *a, **k: None)
 
-    # 1. data, validated before anything heavy
+    # 1. data and options, validated before anything heavy
+    if cfg.tensorboard:
+        import importlib.util
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise LorakitError("tensorboard: true needs the tensorboard package", field="tensorboard",
+                               hint="pip install tensorboard, or leave it off: metrics.jsonl and loss.png are "
+                                    "always written")
     train_recs, eval_recs = load_records(cfg)
 
     # 2. model reference → folder, tokenizer, chat template, end-of-turn token
@@ -298,6 +313,8 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             raise LorakitError("this run has no complete checkpoint to resume from", file=ckpt_dir,
                                hint="Start it again without --resume")
         say(f"resuming from {resume_from}")
+        if main:
+            trim_metrics(run_dir / "metrics.jsonl", int(resume_from.name.rsplit("-", 1)[1]))
 
     # 5. model + LoRA
     set_threads()
@@ -317,7 +334,6 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     eval_strategy = "steps" if (eval_enc and cfg.eval_steps) else ("epoch" if eval_enc else "no")
     early = cfg.early_stopping_patience is not None and eval_enc is not None
-    CHECKPOINTING_ARG = _checkpointing_arg()  # noqa: N806
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
@@ -329,7 +345,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        **{CHECKPOINTING_ARG: cfg.gradient_checkpointing},
+        **{_checkpointing_arg(): cfg.gradient_checkpointing},
         max_length=cfg.max_length if (cfg.packing or not padding_free) else None,  # already truncated
         packing=cfg.packing,
         padding_free=padding_free and not cfg.packing,
