@@ -118,7 +118,7 @@ def table() -> Table:
             pkgs = f"{p.packages[0][0]} … {p.packages[-1][0]} (=={p.packages[0][1]}, {len(p.packages)} packages)"
         mark = "[green]yes[/]" if is_pulled(p.name) else "no"
         name = p.name + (" [dim](default)[/]" if p.name == DEFAULT_PRESET else "")
-        t.add_row(name, p.params, f"{p.size_mb} MB", mark, pkgs, p.licence)
+        t.add_row(name, p.params, f"{p.size_mb} MB", mark, pkgs, p.licence.split(";")[0].split(" (")[0])
     return t
 
 
