@@ -1,0 +1,124 @@
+"""Inference performance of base, adapter and merged model on the same prompts: latency, time to first token,
+decode tokens/s and peak memory. Each variant is measured the same way (streaming greedy decode, one prompt at a
+time, after one warm-up prompt) so that the adapter's overhead and what merging buys back are visible."""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class Perf:
+    name: str
+    load_s: float
+    latency_s: float  # mean seconds for a whole answer
+    ttft_s: float  # mean seconds to the first streamed text
+    decode_tps: float  # generated tokens per second after the first token
+    new_tokens: float  # mean tokens generated
+    peak_mb: float
+
+
+def _rss_mb() -> float:
+    import psutil
+    return psutil.Process().memory_info().rss / 2 ** 20
+
+
+def measure(name: str, loader, tokenizer, prompts: list[list[dict]], *, precision, max_new_tokens: int) -> Perf:
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from lorakit.evaluate.generate import autocast_ctx
+    from lorakit.models.chat import stop_ids
+    cuda = precision.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = loader()
+    load_s = time.perf_counter() - t0
+    peak = _rss_mb()
+    lat, ttft, tps, lens = [], [], [], []
+    for i, msgs in enumerate([prompts[0]] + prompts):  # the first is a warm-up
+        enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = {k: v.to(precision.device) for k, v in enc.items()}
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out = {}
+
+        def work(enc=enc, streamer=streamer, out=out):
+            with torch.no_grad(), autocast_ctx(model, precision):
+                out["ids"] = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                            eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                            streamer=streamer)
+        start = time.perf_counter()
+        th = threading.Thread(target=work)
+        th.start()
+        first = None
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter() - start
+        th.join()
+        total = time.perf_counter() - start
+        n = out["ids"].shape[1] - enc["input_ids"].shape[1]
+        peak = max(peak, _rss_mb())
+        if i == 0:
+            continue
+        first = first if first is not None else total
+        lat.append(total)
+        ttft.append(first)
+        lens.append(n)
+        tps.append((n - 1) / (total - first) if n > 1 and total > first else float("nan"))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    del model
+    return Perf(name, round(load_s, 2), round(statistics.mean(lat), 3), round(statistics.mean(ttft), 3),
+                round(statistics.mean(x for x in tps if x == x), 1), round(statistics.mean(lens), 1), round(peak, 0))
+
+
+def perf(model: str, data: str | Path, *, adapter: str | Path | None = None, merged: str | Path | None = None,
+         n: int = 5, max_new_tokens: int = 64, console: Console | None = None) -> list[Perf]:
+    from lorakit.data.formats import read_records
+    from lorakit.errors import LorakitError
+    from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
+    from lorakit.models.load import set_threads
+    console = console or Console(stderr=True)
+    set_threads()
+    records = [r for r in read_records(data) if r.prompt][:n]
+    if not records:
+        raise LorakitError("no record with a question to time", file=data)
+    prompts = [r.prompt_messages() for r in records]
+    path = resolve(model, console=console)
+    tok = load_tokenizer(path)
+    precision = pick_precision()
+    variants = [("base", lambda: load_model(path, precision))]
+    if adapter:
+        variants.append(("adapter", lambda: load_model(path, precision, adapter=adapter)))
+    if merged:
+        mpath = resolve(str(merged), console=console)
+        variants.append(("merged", lambda: load_model(mpath, precision)))
+    results = []
+    with console.status("timing…") as status:
+        for name, loader in variants:
+            status.update(f"timing {name} on {len(prompts)} prompts…")
+            results.append(measure(name, loader, tok, prompts, precision=precision, max_new_tokens=max_new_tokens))
+    return results
+
+
+def perf_table(results: list[Perf]) -> Table:
+    t = Table(title="inference performance (greedy, one prompt at a time, streaming)",
+              caption="* CUDA: peak allocated by that variant; CPU: peak resident memory of this process so far")
+    for col in ("variant", "load s", "latency s", "TTFT s", "decode tok/s", "new tokens", "peak MB*"):
+        t.add_column(col, justify="right" if col != "variant" else "left")
+    for r in results:
+        t.add_row(r.name, f"{r.load_s:.2f}", f"{r.latency_s:.3f}", f"{r.ttft_s:.3f}", f"{r.decode_tps:.1f}",
+                  f"{r.new_tokens:.1f}", f"{r.peak_mb:,.0f}")
+    return t
+
+
+def as_dicts(results: list[Perf]) -> list[dict]:
+    return [asdict(r) for r in results]
