@@ -1,0 +1,355 @@
+"""Base, base + RAG, fine-tuned, fine-tuned + RAG on one held-out set, with retrieval recall@k and citations.
+
+`retrieval_recall` measures the index alone: a test record's ``source`` (document + article) names the chunk
+that answers it; recall@k is the share of questions whose chunk is among the first k retrieved, MRR the mean
+of 1/rank. Test sets often write documents by short names, so ``source.document`` is mapped to an indexed
+title by `lorakit.rag.ingest.resolve_document` (equal after normalising, else containment, else the most
+similar title by character bigrams) and the article by its number; a record whose source matches no chunk is
+counted as unmatched and left out of recall (and listed).
+
+`rag_compare` loads the base model once, attaches each adapter by name, and runs every system twice: on the
+bare question, and on the question over the same retrieved passages (`lorakit.rag.answer.rag_messages`).
+Each system gets the metrics of `lorakit.evaluate` (teacher-forced loss of the reference answer given that
+system's prompt, ROUGE, BLEU, keywords, article-number citation) plus two citation checks that need the
+corpus: the law *and* the article cited (`citation_exact`) and the share of cited articles that exist in the
+indexed documents (`citation_known`). Reports: the usual eval.html / eval.md / eval.json / answers.jsonl of
+`lorakit eval`, plus rag.md and rag.json (retrieval, four-way table, passages shown per question) and
+retrieved.jsonl.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from lorakit.data.build import chinese_numeral_to_int
+from lorakit.errors import LorakitError
+from lorakit.evaluate import metrics as M
+from lorakit.rag.answer import Citation, citations
+from lorakit.rag.index import MODES, Index, rrf
+from lorakit.rag.ingest import resolve_document
+
+KS = (1, 3, 5)
+# The metrics of the four-way table, in order; the first eight are `lorakit.evaluate.compare.METRICS`.
+RAG_METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation",
+               "citation_exact", "citation_known")
+SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
+         "exact_match": "EM", "keywords": "keyw.", "citation": "cite art.", "citation_exact": "cite law+art.",
+         "citation_known": "cites exist"}
+HELP = {"citation": "cites the reference's article number",
+        "citation_exact": "cites the reference's law and article (《…》第X条, short law names allowed)",
+        "citation_known": "share of the articles cited that exist in the indexed documents"}
+
+
+# ============================================================================ retrieval
+def _article_number(article: str | None) -> int | None:
+    if not article:
+        return None
+    a = str(article).strip()
+    if a.startswith("第") and "条" in a:
+        a = a[1:a.index("条")]
+    try:
+        return chinese_numeral_to_int(a)
+    except ValueError:
+        return None
+
+
+def source_target(source: dict, index: Index) -> tuple[list[int], str | None, str | None]:
+    """(chunk ids that answer a record, the indexed title its document maps to, why nothing matched)."""
+    doc, article = (source or {}).get("document"), (source or {}).get("article")
+    number = _article_number(article)
+    if not doc or number is None:
+        return [], None, "no source.document and source.article"
+    title = resolve_document(doc, index.titles)
+    if title is None:
+        return [], None, f"document '{doc}' matches no indexed title"
+    ids = [i for i, c in enumerate(index.chunks) if c.document == title and c.number == number]
+    if not ids:
+        return [], title, f"'{title}' has no {article}"
+    return ids, title, None
+
+
+@dataclass
+class Retrieval:
+    ks: tuple[int, ...]
+    modes: dict[str, dict[str, float]]  # mode → {"recall@1": …, "mrr": …}
+    total: int
+    matched: int
+    unmatched: list[str] = field(default_factory=list)  # "question — why"
+    mappings: dict[str, str] = field(default_factory=dict)  # test-set document name → indexed title, when not equal
+    per_record: list[dict] = field(default_factory=list)  # target label and rank per mode (None: not in the list)
+
+    def table(self, title: str = "retrieval") -> Table:
+        t = Table(title=f"{title}: {self.matched} of {self.total} questions with a known source article")
+        t.add_column("mode")
+        for k in self.ks:
+            t.add_column(f"recall@{k}", justify="right")
+        t.add_column("MRR", justify="right")
+        for mode, row in self.modes.items():
+            t.add_row(mode, *[f"{row[f'recall@{k}']:.3f}" for k in self.ks], f"{row['mrr']:.3f}")
+        return t
+
+    def as_dict(self) -> dict:
+        return {"ks": list(self.ks), "modes": self.modes, "total": self.total, "matched": self.matched,
+                "unmatched": self.unmatched, "mappings": self.mappings}
+
+
+def rankings(index: Index, query: str, modes: Sequence[str], *, depth: int = 100) -> dict[str, list[int]]:
+    """Chunk ids best first for each mode (BM25: chunks sharing a word; dense: all; hybrid: RRF of the tops)."""
+    out: dict[str, list[int]] = {}
+    bm = index.bm25_ranking(query)[0].tolist() if {"bm25", "hybrid"} & set(modes) else []
+    de = index.dense_ranking(query)[0].tolist() if {"dense", "hybrid"} & set(modes) else []
+    for mode in modes:
+        if mode == "bm25":
+            out[mode] = bm
+        elif mode == "dense":
+            out[mode] = de
+        else:
+            out[mode] = [i for i, _, _ in rrf({"bm25": bm[:depth], "dense": de[:depth]})]
+    return out
+
+
+def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
+                     modes: Sequence[str] | None = None) -> Retrieval:
+    """Recall@k and MRR of each mode over records with ``source.document`` and ``source.article``."""
+    modes = [index.check_mode(m) for m in (modes or ([*MODES] if index.has_dense else ["bm25"]))]
+    ks = tuple(sorted(set(ks)))
+    hits = {m: {k: 0 for k in ks} for m in modes}
+    rr = {m: 0.0 for m in modes}
+    res = Retrieval(ks, {}, len(records), 0)
+    for r in records:
+        ids, title, why = source_target(r.source, index)
+        doc = (r.source or {}).get("document")
+        if title and doc and doc != title:
+            res.mappings[doc] = title
+        if not ids:
+            res.unmatched.append(f"{r.prompt[:40]} — {why}")
+            res.per_record.append({"question": r.prompt, "target": None, "why": why})
+            continue
+        res.matched += 1
+        want = set(ids)
+        ranks = {}
+        for mode, order in rankings(index, r.prompt, modes).items():
+            rank = next((p + 1 for p, i in enumerate(order) if i in want), None)
+            ranks[mode] = rank
+            for k in ks:
+                hits[mode][k] += rank is not None and rank <= k
+            rr[mode] += 1 / rank if rank else 0.0
+        c = index.chunks[ids[0]]
+        res.per_record.append({"question": r.prompt, "target": f"《{c.document}》{c.article}", "ranks": ranks})
+    n = max(res.matched, 1)
+    res.modes = {m: {**{f"recall@{k}": hits[m][k] / n for k in ks}, "mrr": rr[m] / n} for m in modes}
+    return res
+
+
+# ============================================================================ citations
+def citation_exact(prediction: str, source: dict | None, titles: Sequence[str]) -> float | None:
+    """1 when the answer cites the reference's law and article, 0 when not, None when the record has no source."""
+    source = source or {}
+    number = _article_number(source.get("article"))
+    want = resolve_document(source.get("document"), titles) or source.get("document")
+    if number is None or not want:
+        return None
+    return float(any(c.number == number and c.resolved == want for c in citations(prediction, titles)))
+
+
+def citation_known(cites: Sequence[Citation], index: Index) -> float | None:
+    """Share of cited articles that exist in the index (a bare 第X条: in any document); None without citations."""
+    if not cites:
+        return None
+    have = {(c.document, c.number) for c in index.chunks}
+    numbers = {c.number for c in index.chunks}
+    ok = [((c.resolved, c.number) in have) if c.document else (c.number in numbers) for c in cites]
+    return sum(ok) / len(ok)
+
+
+# ============================================================================ the four-way comparison
+@dataclass
+class RagComparison:
+    comparison: object  # lorakit.evaluate.compare.Comparison
+    retrieval: Retrieval
+    hits: list[list]  # the passages shown to the +rag systems, per question
+    mode: str
+    k: int
+
+    def table(self, title: str = "base / RAG / fine-tuned / fine-tuned + RAG") -> Table:
+        from lorakit.evaluate.compare import _best
+        systems = self.comparison.systems
+        shown = [m for m in RAG_METRICS if m not in ("perplexity", "rouge_1", "exact_match")]
+        t = Table(title=title)
+        t.add_column("system")
+        for m in shown:
+            t.add_column(SHORT[m], justify="right")
+        t.add_column("s", justify="right")
+        best = {m: _best(m, [s.summary.get(m) for s in systems]) for m in shown}
+        for s in systems:
+            cells = []
+            for m in shown:
+                v = s.summary.get(m)
+                txt = "–" if v is None else f"{v:.3f}"
+                cells.append(f"[bold green]{txt}[/]" if v is not None and v == best[m] and len(systems) > 1 else txt)
+            t.add_row(s.name, *cells, f"{s.seconds:.0f}")
+        return t
+
+
+def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequence[str | Path] = (),
+                out_dir: str | Path | None = None, k: int = 3, mode: str | None = None, max_chars: int = 600,
+                max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None,
+                system_prompt: str | None = None, console: Console | None = None) -> RagComparison:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lorakit.data.formats import read_records
+    from lorakit.evaluate.compare import Comparison, SystemResult, _null, adapter_label
+    from lorakit.evaluate.generate import answer_loss, generate, perplexity
+    from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
+    from lorakit.models.load import attach_adapter, set_threads
+    from lorakit.rag.answer import context_budget, fit_messages
+
+    console = console or Console(stderr=True)
+    mode = index.check_mode(mode)
+    if k < 1:
+        raise LorakitError(f"k must be at least 1 (got {k})", field="k")
+    records = [r for r in read_records(data) if r.answer and r.prompt]
+    if not records:
+        raise LorakitError("no record with a question and a reference answer to evaluate on", file=data)
+    if limit:
+        records = records[:limit]
+    for r in records:
+        if system_prompt and not r.system:
+            r.system = system_prompt
+
+    retrieval = retrieval_recall(index, records)
+    hits = [index.search(r.prompt, k, mode) for r in records]
+
+    set_threads()
+    path = resolve(model, console=console)
+    tokenizer = load_tokenizer(path)
+    precision = pick_precision()
+    base = load_model(path, precision)
+    peft_model, named = None, []
+    for i, a in enumerate(adapters):
+        name = adapter_label(Path(a))
+        while name in ("base", *named):
+            name += f"-{i}"
+        if peft_model is None:
+            peft_model = attach_adapter(base, a, name=name)
+        else:
+            src = Path(a) / "adapter" if (Path(a) / "adapter").is_dir() else Path(a)
+            peft_model.load_adapter(str(src), adapter_name=name)
+        named.append(name)
+
+    budget = context_budget(base, max_new_tokens)
+    plain = [r.prompt_messages() for r in records]
+    rag, shown = [], []
+    for r, h in zip(records, hits):
+        msgs, used = fit_messages(tokenizer, r.prompt, h, budget=budget, max_chars=max_chars, system=r.system)
+        rag.append(msgs)
+        shown.append(used)
+    runs = [("base", None, False), ("base+rag", None, True)]
+    for name in named:
+        runs += [(name, name, False), (f"{name}+rag", name, True)]
+
+    titles = index.titles
+    result = Comparison(questions=[r.prompt for r in records], references=[r.answer for r in records],
+                        meta={"model": model, "model_path": str(path), "data": str(data), "n": len(records),
+                              "max_new_tokens": max_new_tokens, "precision": precision.why,
+                              "index": str(index.path), "mode": mode, "k": k, "max_chars": max_chars,
+                              "adapters": [str(a) for a in adapters]})
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as prog:
+        for name, adapter, use_rag in runs:
+            task = prog.add_task(f"generating: {name}", total=len(records))
+            if adapter is None:
+                active = peft_model or base
+                ctx = peft_model.disable_adapter() if peft_model is not None else _null()
+            else:
+                peft_model.set_adapter(adapter)
+                active, ctx = peft_model, _null()
+            prompts = rag if use_rag else plain
+            full = [p + [{"role": "assistant", "content": r.answer}] for p, r in zip(prompts, records)]
+            t0 = time.perf_counter()
+            with ctx:
+                loss, per_loss = answer_loss(active, tokenizer, full, precision=precision, batch_size=batch_size,
+                                             max_length=budget + max_new_tokens + 1024)
+                answers = generate(active, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   precision=precision, on_batch=lambda n, t=task: prog.advance(t, n))
+            seconds = time.perf_counter() - t0
+            per = []
+            for r, ans, lo in zip(records, answers, per_loss):
+                s = M.score(ans, r.answer, keywords=r.meta.get("keywords"), article=r.source.get("article"))
+                s["citation_exact"] = citation_exact(ans, r.source, titles)
+                s["citation_known"] = citation_known(citations(ans, titles), index)
+                s["loss"] = lo
+                per.append(s)
+            summary = {m: M.mean(p[m] for p in per) for m in RAG_METRICS if m not in ("loss", "perplexity")}
+            summary.update(loss=loss, perplexity=perplexity(loss), seconds=round(seconds, 1), rag=use_rag)
+            result.systems.append(SystemResult(name, answers, per, summary, seconds))
+    out = RagComparison(result, retrieval, shown, mode, k)
+    if out_dir:
+        write_rag_reports(out, Path(out_dir))
+    return out
+
+
+# ============================================================================ reports
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def to_markdown(rc: RagComparison, examples: int = 10) -> str:
+    cmp, ret = rc.comparison, rc.retrieval
+    meta = cmp.meta
+    lines = [f"# RAG + fine-tuning: {meta['model']} on {meta['data']}", "",
+             f"{meta['n']} held-out questions · index {meta['index']} · passages shown to the +rag systems: top "
+             f"{rc.k} by {rc.mode} · greedy decoding, at most {meta['max_new_tokens']} new tokens · "
+             f"{meta['precision']}", "",
+             f"## Retrieval ({ret.matched} of {ret.total} questions with a known source article)", "",
+             "| mode | " + " | ".join(f"recall@{k}" for k in ret.ks) + " | MRR |",
+             "|---" * (len(ret.ks) + 2) + "|"]
+    for mode, row in ret.modes.items():
+        lines.append(f"| {mode} | " + " | ".join(f"{row[f'recall@{k}']:.3f}" for k in ret.ks)
+                     + f" | {row['mrr']:.3f} |")
+    if ret.mappings:
+        lines += ["", "Document names of the test set mapped to indexed titles: "
+                  + "; ".join(f"{a} → {b}" for a, b in ret.mappings.items()) + "."]
+    if ret.unmatched:
+        lines += ["", f"Left out of recall ({len(ret.unmatched)}): " + "; ".join(ret.unmatched[:10]) + "."]
+    lines += ["", "## Answers", "", "| system | " + " | ".join(RAG_METRICS) + " | seconds |",
+              "|---" * (len(RAG_METRICS) + 2) + "|"]
+    for s in cmp.systems:
+        lines.append(f"| {s.name} | " + " | ".join(_fmt(s.summary.get(m)) for m in RAG_METRICS)
+                     + f" | {s.seconds:.0f} |")
+    from lorakit.evaluate.report import METRIC_HELP
+    helps = {**METRIC_HELP, **HELP}
+    lines += ["", "Metrics: " + "; ".join(f"**{m}** {helps[m]}" for m in RAG_METRICS) + ". The loss of a +rag "
+              "system is the reference answer's loss given the passages.", "", "## Side by side", ""]
+    for i, q in enumerate(cmp.questions[:examples]):
+        target = ret.per_record[i].get("target") if i < len(ret.per_record) else None
+        shown = ", ".join(("**" + h.label + "**") if h.label == target else h.label for h in rc.hits[i])
+        lines += [f"### {i + 1}. {q}", "", f"- **reference** ({target or 'source unknown'}): {cmp.references[i]}",
+                  f"- **passages shown**: {shown or 'none'}"]
+        for s in cmp.systems:
+            lines.append(f"- **{s.name}** (ROUGE-L {s.per_example[i]['rouge_l']:.2f}): {s.answers[i]}")
+        lines.append("")
+    if len(cmp.questions) > examples:
+        lines.append(f"… {len(cmp.questions) - examples} more in eval.html, answers.jsonl and retrieved.jsonl")
+    return "\n".join(lines) + "\n"
+
+
+def write_rag_reports(rc: RagComparison, out_dir: Path) -> None:
+    from lorakit.evaluate.report import write_reports
+    from lorakit.io import write_json, write_jsonl, write_text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_reports(rc.comparison, out_dir)
+    cmp = rc.comparison
+    write_json(out_dir / "rag.json", {"meta": cmp.meta, "retrieval": rc.retrieval.as_dict(),
+                                      "systems": {s.name: s.summary for s in cmp.systems}})
+    write_jsonl(out_dir / "retrieved.jsonl", (
+        {**(rc.retrieval.per_record[i] if i < len(rc.retrieval.per_record) else {"question": q}),
+         "shown": [{"document": h.chunk.document, "article": h.chunk.article, "score": round(h.score, 4),
+                    "ranks": h.ranks} for h in rc.hits[i]]}
+        for i, q in enumerate(cmp.questions)))
+    write_text(out_dir / "rag.md", to_markdown(rc))
