@@ -1,0 +1,75 @@
+"""Prompt building, citation reading and asking with a model (the tiny random one; the real one in one test)."""
+from __future__ import annotations
+
+import pytest
+
+from lorakit.rag.answer import ask, citations, fit_messages, rag_messages, supported
+
+LAW = "中华人民共和国道路交通安全法"
+REG = "中华人民共和国道路交通安全法实施条例"
+
+
+def test_prompt_numbers_passages_and_asks_for_citations(bm25_index):
+    hits = bm25_index.search("醉酒驾驶机动车要承担什么责任", 3, "bm25")
+    msgs = rag_messages("醉酒驾驶机动车要承担什么责任", hits)
+    assert len(msgs) == 1 and msgs[0]["role"] == "user"
+    text = msgs[0]["content"]
+    for i, h in enumerate(hits, start=1):
+        assert f"[{i}] 《{h.chunk.document}》{h.chunk.article}\n" in text
+    assert text.startswith("问题：醉酒驾驶机动车要承担什么责任") and "根据《法律名称》第X条" in text
+    english = rag_messages("What happens to a drunk driver?", hits, system="Be brief.")
+    assert english[0] == {"role": "system", "content": "Be brief."}
+    assert "Answer the question in one or two sentences from the passages" in english[1]["content"]
+    assert rag_messages("问题", [])[0]["content"] == "问题"  # nothing retrieved: the bare question
+
+
+def test_long_passages_are_cut(bm25_index):
+    hits = bm25_index.search("醉酒驾驶机动车", 1, "bm25")
+    text = rag_messages("醉酒驾驶机动车", hits, max_chars=30)[0]["content"]
+    assert "……" in text and len(text) < 200
+
+
+def test_fit_messages_keeps_within_budget(bm25_index, tiny_model):
+    from lorakit.models import load_tokenizer
+    tok = load_tokenizer(tiny_model)
+    hits = bm25_index.search("醉酒驾驶机动车要承担什么责任", 5, "bm25")
+    msgs, used = fit_messages(tok, "醉酒驾驶机动车要承担什么责任", hits, budget=300)
+    n = len(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).encode())  # bytes ≥ tokens
+    assert len(used) < 5 and used == hits[:len(used)]
+    assert n > 0 and len(tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False)["input_ids"]) <= 300
+
+
+def test_citations_are_read_with_their_law():
+    text = "根据《道路交通安全法》第九十一条和第一百零一条，以及《实施条例》第 105 条；另见第5条。"
+    got = citations(text, [LAW, REG])
+    assert [(c.document, c.number, c.resolved) for c in got] == [
+        ("道路交通安全法", 91, LAW), ("道路交通安全法", 101, LAW), ("实施条例", 105, REG), ("实施条例", 5, REG)]
+    assert citations("第三条规定", [LAW])[0].document is None
+    assert citations("没有引用。") == []
+
+
+def test_supported_checks_citations_against_passages(bm25_index):
+    hits = [h for h in bm25_index.search("醉酒驾驶机动车", 10, "bm25") if h.chunk.document == LAW][:1]
+    assert hits[0].chunk.number == 91
+    cites = citations("依据《道路交通安全法》第九十一条、《道路交通安全法》第九十条和第九十一条", bm25_index.titles)
+    assert supported(cites, hits) == [True, False]
+
+
+def test_ask_with_the_tiny_model(bm25_index, tiny_model, tiny_adapter):
+    ans = ask(bm25_index, "醉酒驾驶机动车要承担什么责任？", model=str(tiny_model), k=2, max_new_tokens=8,
+              max_chars=120)
+    assert isinstance(ans.answer, str) and len(ans.hits) == 2
+    assert "[1] 《" in ans.prompt[-1]["content"]
+    tuned = ask(bm25_index, "醉酒驾驶机动车要承担什么责任？", model=str(tiny_model), adapter=tiny_adapter, k=2,
+                max_new_tokens=8, max_chars=120)
+    assert [h.id for h in tuned.hits] == [h.id for h in ans.hits]
+
+
+@pytest.mark.real_model
+def test_real_model_answers_from_the_passages(bm25_index):
+    from lorakit.models.presets import DEFAULT_PRESET
+    ans = ask(bm25_index, "醉酒后开车被查到，会受到什么处罚？", model=DEFAULT_PRESET, k=3, max_new_tokens=96)
+    assert any(h.chunk.number == 91 and h.chunk.document == LAW for h in ans.hits)
+    assert sum("\u4e00" <= c <= "\u9fff" for c in ans.answer) > 10, ans.answer  # answers in Chinese
+    assert 91 in {c.number for c in ans.citations}, ans.answer  # and cites the article it was shown
