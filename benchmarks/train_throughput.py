@@ -20,9 +20,23 @@ HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "src" / "lorakit" / "demo"
 
 
-def conversations(path: Path, n: int) -> list:
+LONG = int(os.environ.get("LORAKIT_BENCH_LONG", "1"))
+
+
+def records(path: Path, n: int) -> list:
+    """The first n demo records; with --long K each is K consecutive records joined (longer sequences)."""
     from lorakit.data.formats import read_records
-    return [r.messages() for r in read_records(path)[:n]]
+    from lorakit.data.record import Conversation, Turn
+    recs = read_records(path)
+    if LONG > 1:
+        recs = [Conversation([Turn("user", "".join(r.prompt for r in group)),
+                              Turn("assistant", "".join(r.answer for r in group))])
+                for group in (recs[i:i + LONG] + recs[:max(0, i + LONG - len(recs))] for i in range(len(recs)))]
+    return recs[:n]
+
+
+def conversations(path: Path, n: int) -> list:
+    return [r.messages() for r in records(path, n)]
 
 
 def heldout_loss(model, tokenizer, device_precision=None) -> float:
@@ -73,11 +87,11 @@ def run_baseline(args) -> dict:
 
 def run_lorakit(args) -> dict:
     from lorakit.config import TrainConfig
-    from lorakit.data.formats import read_records, write_records
+    from lorakit.data.formats import write_records
     from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
     from lorakit.train.recipe import train
     subset = Path(args.tmp) / "train_subset.jsonl"
-    write_records(subset, read_records(DEMO / "train.jsonl")[:args.records])
+    write_records(subset, records(DEMO / "train.jsonl", args.records))
     from lorakit.config import parse_overrides
     extra = parse_overrides(json.loads(args.set)) if args.set else {}
     cfg = TrainConfig(**{"model": args.model, "data": str(subset), "runs_dir": args.tmp, "name": "lorakit",
@@ -117,6 +131,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--records", type=int, default=64)
+    ap.add_argument("--long", type=int, default=1, help="join K demo records into one (longer sequences)")
     ap.add_argument("--lorakit", nargs=argparse.REMAINDER, default=[],
                     help="lorakit config overrides, e.g. --lorakit --padding-free false")
     ap.add_argument("--side", choices=["baseline", "lorakit"], help=argparse.SUPPRESS)
@@ -135,7 +150,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--side", side, "--tmp", tmp, "--model", args.model, "--steps",
                str(args.steps), "--batch", str(args.batch), "--records", str(args.records),
                "--set", json.dumps(args.lorakit)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore", "LORAKIT_BENCH_LONG": str(args.long)})
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")

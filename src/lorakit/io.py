@@ -54,11 +54,9 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one line and flush it to disk (for logs that must survive a crash)."""
+    """Append one whole line; closing the file hands it to the OS, so a killed process loses nothing written."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def cache_home() -> Path:
