@@ -268,6 +268,23 @@ def eval_cmd(data: Path = typer.Option(..., "--data", "-d", help="Held-out set (
     console.print(f"report: {out / 'eval.html'} and {out / 'eval.md'}")
 
 
+@app.command("perf")
+@friendly
+def perf_cmd(data: Path = typer.Option(..., "--data", "-d", help="Prompts to time (any supported format)."),
+             model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+             adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Adapter or run folder."),
+             merged: Optional[Path] = typer.Option(None, "--merged", help="Merged model folder (lorakit export)."),
+             n: int = typer.Option(5, help="Number of prompts."), max_new_tokens: int = typer.Option(64),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON.")):
+    """Latency, time to first token, decode tokens/s and peak memory for base, adapter and merged model."""
+    from lorakit.evaluate.bench import as_dicts, perf, perf_table
+    results = perf(model, data, adapter=adapter, merged=merged, n=n, max_new_tokens=max_new_tokens, console=console)
+    console.print(perf_table(results))
+    if json_out:
+        from lorakit.io import write_json
+        write_json(json_out, as_dicts(results))
+
+
 # ---------------------------------------------------------------------------- quickstart
 @app.command()
 @friendly
@@ -366,19 +383,20 @@ def rag_search(index_dir: Path = typer.Argument(..., help="Index folder (lorakit
                                                             "has embeddings, else bm25)."),
                full: bool = typer.Option(False, "--full", help="Print each chunk's whole text.")):
     """Show the chunks an index retrieves for a query, with their scores and ranks."""
-    from rich.table import Table
-
     from lorakit.rag.index import load_index
     index = load_index(index_dir)
     mode = index.check_mode(mode)
     hits = index.search(query, k, mode)
-    t = Table(title=f"{mode}: {query}", show_lines=full)
-    for col in ("#", "score", "source", "ranks", "text"):
-        t.add_column(col, overflow="fold")
+    console.print(f"[bold]{mode}[/] · {query}", highlight=False)
+    if not hits:
+        console.print("[yellow]nothing matched[/] (no chunk shares a word with the query)")
     for h in hits:
-        text = h.chunk.text if full else h.chunk.text.replace("\n", " ")[:80] + ("…" if len(h.chunk.text) > 80 else "")
-        t.add_row(str(h.rank), f"{h.score:.3f}", h.label, " ".join(f"{n}:{r}" for n, r in h.ranks.items()), text)
-    console.print(t if hits else f"[yellow]nothing matched[/] {query!r} ({mode})")
+        ranks = " · ".join(f"{n} #{r}" for n, r in h.ranks.items()) if mode == "hybrid" else ""
+        console.print(f"{h.rank:>2}  {h.score:.3f}  [bold]{h.label}[/]  [dim]{ranks}[/]", highlight=False)
+        text = h.chunk.body if not full else h.chunk.text
+        if not full and len(text) > 70:
+            text = text.replace("\n", " ")[:70] + "…"
+        console.print(f"    {text}", highlight=False, soft_wrap=full)
 
 
 @rag_app.command("ask")
