@@ -453,6 +453,9 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
                      max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, system_prompt=system_prompt,
                      console=console)
     console.print(rc.retrieval.table())
+    hit, known = rc.shown_share()
+    if known:
+        console.print(f"source article among the {k} passages shown: {hit} of {known} questions")
     console.print(rc.table())
     console.print(f"report: {out / 'rag.md'} and {out / 'eval.html'}")
 

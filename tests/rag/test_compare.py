@@ -83,7 +83,11 @@ def test_four_way_comparison_end_to_end(bm25_index, tiny_model, tiny_adapter, tm
             assert m in s.summary
     # The +rag systems were shown passages, so their reference answers are scored after a longer prompt.
     assert rc.comparison.systems[0].summary["loss"] != rc.comparison.systems[1].summary["loss"]
-    assert all(len(h) == 2 for h in rc.hits)
+    assert all(len(h) == 2 for h in rc.hits) and len(rc.target_shown) == 4
+    hit, known = rc.shown_share()
+    assert known == 4 and 0 <= hit <= 4
+    for s in rc.comparison.systems:  # citation given the article was shown: only over those questions
+        assert [p["citation_shown"] is None for p in s.per_example] == [not t for t in rc.target_shown]
     for name in ("rag.md", "rag.json", "retrieved.jsonl", "eval.html", "eval.md", "eval.json", "answers.jsonl"):
         assert (out / name).is_file(), name
     report = json.loads((out / "rag.json").read_text(encoding="utf-8"))
@@ -93,3 +97,13 @@ def test_four_way_comparison_end_to_end(bm25_index, tiny_model, tiny_adapter, tm
     row = json.loads((out / "retrieved.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert row["target"] == "《中华人民共和国道路交通安全法》第九十一条" and len(row["shown"]) == 2
     print(rc.table())
+
+
+def test_recall_without_sources_is_not_measured(bm25_index, tmp_path):
+    f = tmp_path / "plain.jsonl"
+    f.write_text(json.dumps({"messages": [{"role": "user", "content": "酒后能开车吗？"},
+                                          {"role": "assistant", "content": "不能。"}]}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    ret = retrieval_recall(bm25_index, read_records(f))
+    assert ret.matched == 0 and ret.total == 1 and "no source.document" in ret.unmatched[0]
+    assert "not measured" in ret.table().title

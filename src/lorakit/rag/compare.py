@@ -36,12 +36,14 @@ from lorakit.rag.ingest import resolve_document
 KS = (1, 3, 5)
 # The metrics of the four-way table, in order; the first eight are `lorakit.evaluate.compare.METRICS`.
 RAG_METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation",
-               "citation_exact", "citation_known")
+               "citation_exact", "citation_shown", "citation_known")
 SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
          "exact_match": "EM", "keywords": "keyw.", "citation": "cite art.", "citation_exact": "cite law+art.",
-         "citation_known": "cites exist"}
+         "citation_shown": "cite | shown", "citation_known": "cites exist"}
 HELP = {"citation": "cites the reference's article number",
         "citation_exact": "cites the reference's law and article (《…》第X条, short law names allowed)",
+        "citation_shown": "citation_exact over the questions whose source article was among the passages shown to "
+                          "the +rag systems (separates retrieval misses from answering misses)",
         "citation_known": "share of the articles cited that exist in the indexed documents"}
 
 
@@ -84,6 +86,13 @@ class Retrieval:
     per_record: list[dict] = field(default_factory=list)  # target label and rank per mode (None: not in the list)
 
     def table(self, title: str = "retrieval") -> Table:
+        if not self.matched:
+            t = Table(title=f"{title}: not measured (no question has a source.document and source.article that "
+                            "match an indexed article)")
+            t.add_column("why")
+            for why in sorted({u.split(" — ", 1)[-1] for u in self.unmatched})[:5]:
+                t.add_row(why)
+            return t
         t = Table(title=f"{title}: {self.matched} of {self.total} questions with a known source article")
         t.add_column("mode")
         for k in self.ks:
@@ -175,13 +184,18 @@ class RagComparison:
     hits: list[list]  # the passages shown to the +rag systems, per question
     mode: str
     k: int
+    target_shown: list[bool | None] = field(default_factory=list)  # per question: was its source article shown?
+
+    def shown_share(self) -> tuple[int, int]:
+        known = [t for t in self.target_shown if t is not None]
+        return sum(known), len(known)
 
     def table(self, title: str = "base / RAG / fine-tuned / fine-tuned + RAG") -> Table:
         from lorakit.evaluate.compare import _best
         systems = self.comparison.systems
-        shown = [m for m in RAG_METRICS if m not in ("perplexity", "rouge_1", "exact_match")]
+        shown = [m for m in RAG_METRICS if m not in ("perplexity", "rouge_1", "bleu_4", "exact_match")]
         t = Table(title=title)
-        t.add_column("system")
+        t.add_column("system", no_wrap=True)
         for m in shown:
             t.add_column(SHORT[m], justify="right")
         t.add_column("s", justify="right")
@@ -244,11 +258,13 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
 
     budget = context_budget(base, max_new_tokens)
     plain = [r.prompt_messages() for r in records]
-    rag, shown = [], []
+    rag, shown, target_shown = [], [], []
     for r, h in zip(records, hits):
         msgs, used = fit_messages(tokenizer, r.prompt, h, budget=budget, max_chars=max_chars, system=r.system)
         rag.append(msgs)
         shown.append(used)
+        want = set(source_target(r.source, index)[0])
+        target_shown.append(bool(want & {x.id for x in used}) if want else None)
     runs = [("base", None, False), ("base+rag", None, True)]
     for name in named:
         runs += [(name, name, False), (f"{name}+rag", name, True)]
@@ -279,16 +295,17 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                                    precision=precision, on_batch=lambda n, t=task: prog.advance(t, n))
             seconds = time.perf_counter() - t0
             per = []
-            for r, ans, lo in zip(records, answers, per_loss):
+            for r, ans, lo, seen in zip(records, answers, per_loss, target_shown):
                 s = M.score(ans, r.answer, keywords=r.meta.get("keywords"), article=r.source.get("article"))
                 s["citation_exact"] = citation_exact(ans, r.source, titles)
+                s["citation_shown"] = s["citation_exact"] if seen else None
                 s["citation_known"] = citation_known(citations(ans, titles), index)
                 s["loss"] = lo
                 per.append(s)
             summary = {m: M.mean(p[m] for p in per) for m in RAG_METRICS if m not in ("loss", "perplexity")}
             summary.update(loss=loss, perplexity=perplexity(loss), seconds=round(seconds, 1), rag=use_rag)
             result.systems.append(SystemResult(name, answers, per, summary, seconds))
-    out = RagComparison(result, retrieval, shown, mode, k)
+    out = RagComparison(result, retrieval, shown, mode, k, target_shown)
     if out_dir:
         write_rag_reports(out, Path(out_dir))
     return out
@@ -309,7 +326,7 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
              f"## Retrieval ({ret.matched} of {ret.total} questions with a known source article)", "",
              "| mode | " + " | ".join(f"recall@{k}" for k in ret.ks) + " | MRR |",
              "|---" * (len(ret.ks) + 2) + "|"]
-    for mode, row in ret.modes.items():
+    for mode, row in (ret.modes.items() if ret.matched else ()):
         lines.append(f"| {mode} | " + " | ".join(f"{row[f'recall@{k}']:.3f}" for k in ret.ks)
                      + f" | {row['mrr']:.3f} |")
     if ret.mappings:
@@ -317,6 +334,10 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
                   + "; ".join(f"{a} → {b}" for a, b in ret.mappings.items()) + "."]
     if ret.unmatched:
         lines += ["", f"Left out of recall ({len(ret.unmatched)}): " + "; ".join(ret.unmatched[:10]) + "."]
+    hit, known = rc.shown_share()
+    if known:
+        lines += ["", f"The source article was among the {rc.k} passages shown for {hit} of {known} questions: "
+                  "the ceiling of citation_exact for the +rag systems."]
     lines += ["", "## Answers", "", "| system | " + " | ".join(RAG_METRICS) + " | seconds |",
               "|---" * (len(RAG_METRICS) + 2) + "|"]
     for s in cmp.systems:
@@ -345,7 +366,9 @@ def write_rag_reports(rc: RagComparison, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_reports(rc.comparison, out_dir)
     cmp = rc.comparison
+    hit, known = rc.shown_share()
     write_json(out_dir / "rag.json", {"meta": cmp.meta, "retrieval": rc.retrieval.as_dict(),
+                                      "source_article_shown": {"questions": known, "shown": hit},
                                       "systems": {s.name: s.summary for s in cmp.systems}})
     write_jsonl(out_dir / "retrieved.jsonl", (
         {**(rc.retrieval.per_record[i] if i < len(rc.retrieval.per_record) else {"question": q}),

