@@ -1,7 +1,6 @@
 """The `lorakit` command: parse arguments, call one function per verb, print. No logic lives here."""
 from __future__ import annotations
 
-import sys
 from functools import wraps
 from pathlib import Path
 from typing import List, Optional

@@ -75,7 +75,6 @@ def measure(name: str, loader, tokenizer, prompts: list[list[dict]], *, precisio
         tps.append((n - 1) / (total - first) if n > 1 and total > first else float("nan"))
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
-    del model
     return Perf(name, round(load_s, 2), round(statistics.mean(lat), 3), round(statistics.mean(ttft), 3),
                 round(statistics.mean(x for x in tps if x == x), 1), round(statistics.mean(lens), 1), round(peak, 0))
 

@@ -65,58 +65,57 @@ def adapter_label(path: Path) -> str:
     return path.parent.name if path.name == "adapter" else path.name
 
 
+def name_adapters(adapters, reserved: tuple[str, ...] = ("base",)) -> dict[str, Path]:
+    """Adapters named after their run folders, made unique."""
+    named: dict[str, Path] = {}
+    for i, a in enumerate(adapters):
+        name = adapter_label(Path(a))
+        while name in named or name in reserved:
+            name += f"-{i}"
+        named[name] = Path(a)
+    return named
+
+
+def load_eval_records(data, *, limit: int | None = None, system_prompt: str | None = None):
+    """Records with a question and a reference answer (the first ``limit``), with the system prompt applied."""
+    from lorakit.data.formats import read_records
+    records = [r for r in read_records(data) if r.answer and r.prompt]
+    if not records:
+        raise LorakitError("no record with a question and a reference answer to evaluate on", file=data)
+    records = records[:limit] if limit else records
+    for r in records:
+        if system_prompt and not r.system:
+            r.system = system_prompt
+    return records
+
+
 def compare(model: str, adapters: list[str | Path], data: str | Path, *, out_dir: str | Path | None = None,
             max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None, include_base: bool = True,
             system_prompt: str | None = None, console: Console | None = None) -> Comparison:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lorakit.data.formats import read_records
     from lorakit.evaluate.generate import answer_loss, generate, perplexity
     from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
-    from lorakit.models.load import attach_adapter, set_threads
+    from lorakit.models.load import AdapterSet, set_threads
 
     console = console or Console(stderr=True)
-    records = [r for r in read_records(data) if r.answer and r.prompt]
-    if not records:
-        raise LorakitError("no record with a question and a reference answer to evaluate on", file=data)
-    if limit:
-        records = records[:limit]
-    for r in records:
-        if system_prompt and not r.system:
-            r.system = system_prompt
+    records = load_eval_records(data, limit=limit, system_prompt=system_prompt)
     set_threads()
     path = resolve(model, console=console)
     tokenizer = load_tokenizer(path)
     precision = pick_precision()
-    base = load_model(path, precision)
-    systems: list[tuple[str, object]] = []
-    peft_model = None
-    for i, a in enumerate(adapters):
-        name = adapter_label(Path(a))
-        while name in [n for n, _ in systems]:
-            name += f"-{i}"
-        if peft_model is None:
-            peft_model = attach_adapter(base, a, name=name)
-        else:
-            src = Path(a) / "adapter" if (Path(a) / "adapter").is_dir() else Path(a)
-            peft_model.load_adapter(str(src), adapter_name=name)
-        systems.append((name, a))
+    models = AdapterSet(load_model(path, precision), name_adapters(adapters))
     prompts = [r.prompt_messages() for r in records]
     full = [r.messages() for r in records]
     result = Comparison(questions=[r.prompt for r in records], references=[r.answer for r in records],
                         meta={"model": model, "model_path": str(path), "data": str(data), "n": len(records),
                               "max_new_tokens": max_new_tokens, "precision": precision.why})
-    runs = ([("base", None)] if include_base else []) + systems
+    runs = (["base"] if include_base else []) + models.names
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as prog:
-        for name, adapter in runs:
+        for name in runs:
             task = prog.add_task(f"generating: {name}", total=len(records))
-            if adapter is None:
-                active = peft_model or base
-                ctx = peft_model.disable_adapter() if peft_model is not None else _null()
-            else:
-                peft_model.set_adapter(name)
-                active, ctx = peft_model, _null()
+            active, ctx = models.use(None if name == "base" else name)
             t0 = time.perf_counter()
             with ctx:
                 loss, per_loss = answer_loss(active, tokenizer, full, precision=precision, batch_size=batch_size)
@@ -137,14 +136,6 @@ def compare(model: str, adapters: list[str | Path], data: str | Path, *, out_dir
         from lorakit.evaluate.report import write_reports
         write_reports(result, Path(out_dir))
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def load_comparison(path: Path) -> dict:

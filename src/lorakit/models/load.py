@@ -130,7 +130,6 @@ def load_tokenizer(path: str | Path):
 
 def load_model(path: str | Path, precision: Precision, *, adapter: str | Path | None = None, trainable=False):
     """Load the base model in the chosen weight dtype on the chosen device; optionally attach a LoRA adapter."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     try:
@@ -150,9 +149,7 @@ def load_model(path: str | Path, precision: Precision, *, adapter: str | Path | 
 
 def attach_adapter(model, adapter: str | Path, *, name: str = "default", trainable: bool = False):
     from peft import PeftModel
-    adapter = Path(adapter)
-    if (adapter / "adapter").is_dir() and not (adapter / "adapter_config.json").exists():
-        adapter = adapter / "adapter"  # a run folder was given
+    adapter = adapter_dir(adapter)
     if not (adapter / "adapter_config.json").exists():
         raise LorakitError("no adapter_config.json here, so this is not a LoRA adapter (or a run folder with one)",
                            file=adapter, field="adapter")
@@ -166,3 +163,36 @@ def set_threads() -> int:
     n = max(1, n // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # processes on one host share the cores
     torch.set_num_threads(n)
     return n
+
+
+def adapter_dir(adapter: str | Path) -> Path:
+    """An adapter folder, or the adapter/ inside a run folder."""
+    adapter = Path(adapter)
+    if (adapter / "adapter").is_dir() and not (adapter / "adapter_config.json").exists():
+        return adapter / "adapter"
+    return adapter
+
+
+class AdapterSet:
+    """One base model with several named LoRA adapters attached, switched per use: N adapters cost one base."""
+
+    def __init__(self, base, adapters: dict[str, str | Path]):
+        self.base = base
+        self.peft = None
+        self.names: list[str] = []
+        for name, adapter in adapters.items():
+            if self.peft is None:
+                self.peft = attach_adapter(base, adapter, name=name)
+            else:
+                self.peft.load_adapter(str(adapter_dir(adapter)), adapter_name=name)
+            self.names.append(name)
+
+    def use(self, name: str | None):
+        """(model, context manager) for adapter ``name``, or for the bare base model when ``name`` is None."""
+        import contextlib
+        if self.peft is None:
+            return self.base, contextlib.nullcontext()
+        if name is None:
+            return self.peft, self.peft.disable_adapter()
+        self.peft.set_adapter(name)
+        return self.peft, contextlib.nullcontext()

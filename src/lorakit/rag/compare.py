@@ -216,25 +216,17 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                 system_prompt: str | None = None, console: Console | None = None) -> RagComparison:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from lorakit.data.formats import read_records
-    from lorakit.evaluate.compare import Comparison, SystemResult, _null, adapter_label
+    from lorakit.evaluate.compare import Comparison, SystemResult, load_eval_records, name_adapters
     from lorakit.evaluate.generate import answer_loss, generate, perplexity
     from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
-    from lorakit.models.load import attach_adapter, set_threads
+    from lorakit.models.load import AdapterSet, set_threads
     from lorakit.rag.answer import context_budget, fit_messages
 
     console = console or Console(stderr=True)
     mode = index.check_mode(mode)
     if k < 1:
         raise LorakitError(f"k must be at least 1 (got {k})", field="k")
-    records = [r for r in read_records(data) if r.answer and r.prompt]
-    if not records:
-        raise LorakitError("no record with a question and a reference answer to evaluate on", file=data)
-    if limit:
-        records = records[:limit]
-    for r in records:
-        if system_prompt and not r.system:
-            r.system = system_prompt
+    records = load_eval_records(data, limit=limit, system_prompt=system_prompt)
 
     retrieval = retrieval_recall(index, records)
     hits = [index.search(r.prompt, k, mode) for r in records]
@@ -244,17 +236,8 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
     tokenizer = load_tokenizer(path)
     precision = pick_precision()
     base = load_model(path, precision)
-    peft_model, named = None, []
-    for i, a in enumerate(adapters):
-        name = adapter_label(Path(a))
-        while name in ("base", *named):
-            name += f"-{i}"
-        if peft_model is None:
-            peft_model = attach_adapter(base, a, name=name)
-        else:
-            src = Path(a) / "adapter" if (Path(a) / "adapter").is_dir() else Path(a)
-            peft_model.load_adapter(str(src), adapter_name=name)
-        named.append(name)
+    models = AdapterSet(base, name_adapters(adapters, reserved=("base", "base+rag")))
+    named = models.names
 
     budget = context_budget(base, max_new_tokens)
     plain = [r.prompt_messages() for r in records]
@@ -279,12 +262,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                   console=console) as prog:
         for name, adapter, use_rag in runs:
             task = prog.add_task(f"generating: {name}", total=len(records))
-            if adapter is None:
-                active = peft_model or base
-                ctx = peft_model.disable_adapter() if peft_model is not None else _null()
-            else:
-                peft_model.set_adapter(adapter)
-                active, ctx = peft_model, _null()
+            active, ctx = models.use(adapter)
             prompts = rag if use_rag else plain
             full = [p + [{"role": "assistant", "content": r.answer}] for p, r in zip(prompts, records)]
             t0 = time.perf_counter()

@@ -39,33 +39,19 @@ class Systems:
 
     def __init__(self, model: str, adapters: dict[str, str | Path], console=None):
         from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
-        from lorakit.models.load import attach_adapter, set_threads
+        from lorakit.models.load import AdapterSet, set_threads
         set_threads()
         path = resolve(model, console=console)
         self.base_name = model if "/" not in model else Path(model).name
         self.precision = pick_precision()
         self.tokenizer = load_tokenizer(path)
-        self.model = load_model(path, self.precision)
-        self.names = [self.base_name]
-        self.peft = None
-        for name, adapter in adapters.items():
-            if self.peft is None:
-                self.peft = attach_adapter(self.model, adapter, name=name)
-            else:
-                src = Path(adapter) / "adapter" if (Path(adapter) / "adapter").is_dir() else Path(adapter)
-                self.peft.load_adapter(str(src), adapter_name=name)
-            self.names.append(name)
+        self.models = AdapterSet(load_model(path, self.precision), adapters)
+        self.names = [self.base_name] + self.models.names
         self.lock = threading.Lock()
 
     def activate(self, name: str):
         """Return (model, context manager) for the named system."""
-        import contextlib
-        if self.peft is None:
-            return self.model, contextlib.nullcontext()
-        if name == self.base_name:
-            return self.peft, self.peft.disable_adapter()
-        self.peft.set_adapter(name)
-        return self.peft, contextlib.nullcontext()
+        return self.models.use(None if name == self.base_name else name)
 
 
 def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
