@@ -177,3 +177,13 @@ def test_tensorboard_without_package_is_a_clear_error(base_cfg, monkeypatch):
     with pytest.raises(LorakitError) as e:
         run({**base_cfg, "tensorboard": True})
     assert "pip install tensorboard" in e.value.render()
+
+
+def test_bad_eval_data_fails_before_model_loads(tmp_path, base_cfg, monkeypatch):
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"messages": [{"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}]}\n',
+                   encoding="utf-8")
+    monkeypatch.setattr("lorakit.models.resolve", lambda *a, **k: pytest.fail("model loaded before data check"))
+    with pytest.raises(LorakitError) as e:
+        run({**base_cfg, "eval_data": str(bad)})
+    assert "eval.jsonl:1" in e.value.render()

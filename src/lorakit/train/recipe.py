@@ -29,10 +29,7 @@ class Encoded:
     answer_cut: int = 0  # records whose trained span was cut
     eos_id: int = -1
     lengths: list[int] = field(default_factory=list)
-
-    @property
-    def supervised(self) -> list[int]:
-        return [sum(1 for x in r["labels"] if x != -100) for r in self.rows]
+    supervised: list[int] = field(default_factory=list)  # trained tokens per record
 
 
 @dataclass
@@ -71,32 +68,30 @@ def run_name(cfg: TrainConfig) -> str:
 
 def load_records(cfg: TrainConfig):
     """Read and validate training (and eval) records; errors name file and line, before any model is loaded."""
+    import random
+
     from lorakit.data.formats import read_records
     from lorakit.data.record import role_order_problem
 
-    train = read_records(cfg.data)
-    if not train:
-        raise LorakitError("the training file has no records", file=cfg.data)
-    for conv in train:
-        problem = role_order_problem(conv)
-        if problem:
-            raise LorakitError(problem, file=conv.source.get("file", cfg.data), line=conv.source.get("line"),
-                               field="messages", hint="Run `lorakit data check` for a full report")
-    if cfg.system_prompt:
-        for conv in train:
-            conv.system = conv.system or cfg.system_prompt
-    evals = []
-    if cfg.eval_data:
-        evals = read_records(cfg.eval_data)
-        if cfg.system_prompt:
-            for conv in evals:
-                conv.system = conv.system or cfg.system_prompt
-    elif cfg.eval_ratio > 0:
-        import random
+    def read(path: str) -> list:
+        records = read_records(path)
+        if not records:
+            raise LorakitError("this file has no records", file=path)
+        for conv in records:
+            problem = role_order_problem(conv)
+            if problem:
+                raise LorakitError(problem, file=conv.source.get("file", path), line=conv.source.get("line"),
+                                   field="messages", hint="Run `lorakit data check` for a full report")
+            if cfg.system_prompt and not conv.system:
+                conv.system = cfg.system_prompt
+        return records
+
+    train = read(cfg.data)
+    evals = read(cfg.eval_data) if cfg.eval_data else []
+    if not cfg.eval_data and cfg.eval_ratio > 0:
         order = list(range(len(train)))
         random.Random(cfg.seed).shuffle(order)
-        n_eval = max(1, int(len(train) * cfg.eval_ratio))
-        held = set(order[:n_eval])
+        held = set(order[:max(1, int(len(train) * cfg.eval_ratio))])
         evals = [c for i, c in enumerate(train) if i in held]
         train = [c for i, c in enumerate(train) if i not in held]
     return train, evals
@@ -122,6 +117,7 @@ def encode(records, tokenizer, cfg: TrainConfig) -> Encoded:
         labels = [t if m else -100 for t, m in zip(ids, mask)]
         out.rows.append({"input_ids": list(ids), "labels": labels})
         out.lengths.append(len(ids))
+        out.supervised.append(sum(mask))
     return out
 
 
@@ -230,6 +226,14 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def final_eval_metrics(trainer, state, best_loaded: bool) -> dict:
+    """The eval of the final weights: reuse the one logged at the last step instead of evaluating twice."""
+    last = next((h for h in reversed(state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == state.global_step and not best_loaded:
+        return last
+    return trainer.evaluate()
+
+
 def trim_metrics(metrics: Path, step: int) -> None:
     """Drop log lines written after the checkpoint a run resumes from, so the curve has no doubled steps."""
     if not metrics.exists():
@@ -291,7 +295,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         say(f"\ntoken lengths: {lengths}")
         say(f"trained tokens: {supervised} of {lengths.get('total', 0)} "
             f"({100 * supervised / max(1, lengths.get('total', 1)):.0f}%); truncated at max_length={cfg.max_length}: "
-            f"{enc.truncated}")
+            f"{enc.truncated} (answer cut in {enc.answer_cut})")
         say(f"steps: {steps} ({steps_per_epoch(len(enc.rows), cfg)} per epoch × {cfg.epochs} epochs, "
             f"batch {cfg.batch_size} × accumulation {cfg.grad_accum} × {world_size()} process(es))")
         est = estimate(model_path, cfg, n_tokens=lengths.get("total", 0), precision=precision)
@@ -399,7 +403,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     state = trainer.state
     interrupted = stopper.requested
     adapter_dir = run_dir / ("adapter" if cfg.method != "full" else "model")
-    final_eval = trainer.evaluate() if (eval_enc and not interrupted) else {}
+    final_eval = final_eval_metrics(trainer, state, early) if (eval_enc and not interrupted) else {}
     if main:
         with atomic_path(adapter_dir, is_dir=True) as tmp:
             trainer.model.save_pretrained(str(tmp))
@@ -420,6 +424,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "precision": precision.why, "world_size": world_size(),
             "records": {"train": len(enc.rows), "eval": len(eval_recs)},
             "lengths": lengths, "supervised_tokens": supervised, "truncated": enc.truncated,
+            "answer_cut": enc.answer_cut,
             "resumed_from": str(resume_from) if resume_from else None,
         }
         write_json(run_dir / "summary.json", summary)
