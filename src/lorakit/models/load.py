@@ -88,13 +88,18 @@ def pick_precision(device: str | None = None, requested: str = "auto") -> Precis
     return Precision(device, "float32", None, f"bf16 matmuls are not clearly faster here ({ratio}): fp32")
 
 
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
 def resolve(model: str, console=None) -> Path:
     """A preset name, a Hugging Face folder or a .gguf file → a folder transformers loads quickly."""
     from lorakit.models import presets
     from lorakit.models.gguf import cached_conversion
 
     p = Path(model).expanduser()
-    if p.suffix == ".gguf" or (p.is_file() and p.read_bytes()[:4] == b"GGUF"):
+    if p.suffix == ".gguf" or (p.is_file() and _magic(p) == b"GGUF"):
         if not p.is_file():
             raise LorakitError("the GGUF file does not exist", file=p, field="model")
         return cached_conversion(p, console=console)
