@@ -29,13 +29,9 @@ def _rss_mb() -> float:
 
 
 def measure(name: str, loader, tokenizer, prompts: list[list[dict]], *, precision, max_new_tokens: int) -> Perf:
-    import threading
-
     import torch
-    from transformers import TextIteratorStreamer
 
-    from lorakit.evaluate.generate import autocast_ctx
-    from lorakit.models.chat import stop_ids
+    from lorakit.serve.chat import stream_reply
     cuda = precision.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -45,26 +41,15 @@ def measure(name: str, loader, tokenizer, prompts: list[list[dict]], *, precisio
     peak = _rss_mb()
     lat, ttft, tps, lens = [], [], [], []
     for i, msgs in enumerate([prompts[0]] + prompts):  # the first is a warm-up
-        enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        enc = {k: v.to(precision.device) for k, v in enc.items()}
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        out = {}
-
-        def work(enc=enc, streamer=streamer, out=out):
-            with torch.no_grad(), autocast_ctx(model, precision):
-                out["ids"] = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                            eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                            streamer=streamer)
+        out: dict = {}
         start = time.perf_counter()
-        th = threading.Thread(target=work)
-        th.start()
         first = None
-        for piece in streamer:
+        for piece in stream_reply(model, tokenizer, msgs, precision=precision, max_new_tokens=max_new_tokens,
+                                  result=out):
             if first is None and piece:
                 first = time.perf_counter() - start
-        th.join()
         total = time.perf_counter() - start
-        n = out["ids"].shape[1] - enc["input_ids"].shape[1]
+        n = len(out["ids"])
         peak = max(peak, _rss_mb())
         if i == 0:
             continue

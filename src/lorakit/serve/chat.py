@@ -16,26 +16,38 @@ def load_chat_model(model: str, adapter: str | Path | None, console: Console):
     return load_model(path, precision, adapter=adapter), load_tokenizer(path), precision
 
 
-def stream_reply(model, tokenizer, messages: list[dict], *, precision=None, max_new_tokens: int = 256,
-                 temperature: float = 0.0):
-    """Yield the reply's text piece by piece as it is generated (generation runs in a worker thread)."""
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from lorakit.evaluate.generate import autocast_ctx
+def prepare(model, tokenizer, messages: list[dict], *, max_new_tokens: int, temperature: float = 0.0):
+    """Prompt tensors on the model's device and the generate() arguments every reply path uses."""
     from lorakit.models.chat import stop_ids
     enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                         return_dict=True)
     enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, eos_token_id=stop_ids(tokenizer),
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stop_ids(tokenizer),
                   pad_token_id=tokenizer.pad_token_id, do_sample=temperature > 0)
     if temperature > 0:
         kwargs["temperature"] = temperature
+    return enc, kwargs
+
+
+def stream_reply(model, tokenizer, messages: list[dict], *, precision=None, max_new_tokens: int = 256,
+                 temperature: float = 0.0, result: dict | None = None):
+    """Yield the reply's text piece by piece as it is generated (generation runs in a worker thread).
+
+    ``result``, when given, receives the prompt length and the generated ids once the reply is complete.
+    """
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from lorakit.evaluate.generate import autocast_ctx
+    enc, kwargs = prepare(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def work():
         with torch.no_grad(), autocast_ctx(model, precision):
-            model.generate(**kwargs)
+            ids = model.generate(**enc, **kwargs, streamer=streamer)
+        if result is not None:
+            result["prompt_tokens"] = enc["input_ids"].shape[1]
+            result["ids"] = ids[0, enc["input_ids"].shape[1]:].tolist()
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
@@ -49,15 +61,8 @@ def complete(model, tokenizer, messages: list[dict], *, precision=None, max_new_
     import torch
 
     from lorakit.evaluate.generate import autocast_ctx
-    from lorakit.models.chat import stop_ids
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)
-    enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
-    stops = stop_ids(tokenizer)
-    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                  do_sample=temperature > 0)
-    if temperature > 0:
-        kwargs["temperature"] = temperature
+    enc, kwargs = prepare(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+    stops = kwargs["eos_token_id"]
     with torch.no_grad(), autocast_ctx(model, precision):
         out = model.generate(**enc, **kwargs)[0, enc["input_ids"].shape[1]:].tolist()
     finish = "stop" if out and out[-1] in stops else "length"
