@@ -141,6 +141,7 @@ class Estimate:
     seconds_per_epoch: float | None
     tokens_per_second: float | None
     precision: str
+    rslora: bool = False
     recommendations: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -152,10 +153,14 @@ class Estimate:
         return (f"LoRA with r={self.r} on {len(self.module_kinds)} projection kinds ({kinds}; {self.adapted_modules} "
                 f"matrices in all) trains {self.trainable_params / 1e6:.2f} M of {self.total_params / 1e6:.0f} M "
                 f"parameters, {pct:.2f} %. Each frozen matrix W (out × in) gets a side path B·A with B (out × "
-                f"{self.r}) and A ({self.r} × in), added with scale alpha/r = {self.alpha:g}/{self.r} = "
+                f"{self.r}) and A ({self.r} × in), added with scale {self._scale_formula()} = "
                 f"{self.scale:g}; only A and B get gradients and Adam state, which is why the optimizer needs "
                 f"{self.optimizer_gb * 1024:.0f} MB instead of {self.total_params * 12 / 2 ** 30:.1f} GB for a full "
                 f"fine-tune.")
+
+    def _scale_formula(self) -> str:
+        return (f"alpha/sqrt(r) = {self.alpha:g}/sqrt({self.r})" if self.rslora
+                else f"alpha/r = {self.alpha:g}/{self.r}")
 
     def render(self) -> str:
         lines = [self.explain(),
@@ -235,7 +240,7 @@ def estimate(model_path: Path, cfg, *, n_tokens: int = 0, precision=None) -> Est
     secs = n_tokens / tps if (tps and n_tokens) else None
     scale = cfg.lora.alpha / (math.sqrt(cfg.lora.r) if cfg.lora.rslora else cfg.lora.r)
     est = Estimate(model=str(model_path), total_params=total, trainable_params=trainable, adapted_modules=adapted,
-                   module_kinds=kinds, r=cfg.lora.r, alpha=cfg.lora.alpha, scale=round(scale, 4),
+                   module_kinds=kinds, r=cfg.lora.r, alpha=cfg.lora.alpha, scale=round(scale, 4), rslora=cfg.lora.rslora,
                    weights_gb=round(weights_gb, 2), optimizer_gb=round(optimizer_gb, 3),
                    activations_gb=round(activations_gb, 2), peak_gb=round(peak, 2), tokens_per_epoch=n_tokens,
                    seconds_per_epoch=round(secs, 1) if secs else None, tokens_per_second=round(tps, 1) if tps else None,

@@ -39,9 +39,8 @@ class LorakitTrainer(SFTTrainer):
             c = self.accelerator.gather_for_metrics(correct.sum()).sum()
             self._metrics[mode]["mean_token_accuracy"].append((c / n).item() if n > 0 else 0.0)
             if mode == "train":
-                self._total_train_tokens += int(self.accelerator.gather_for_metrics(
-                    (inputs.get("position_ids") if "attention_mask" not in inputs else inputs["attention_mask"])
-                    .new_tensor(_real_tokens(inputs))).sum().item())
+                local = torch.tensor(_real_tokens(inputs), device=labels.device)
+                self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
 
