@@ -5,6 +5,7 @@ Nothing here is demo-only: each step is the function its own command calls.
 """
 from __future__ import annotations
 
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +29,6 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, e
     from lorakit.models import load_tokenizer, resolve
     from lorakit.train.recipe import train
 
-    import time
     train_file, eval_file = demo_file("train.jsonl"), demo_file("eval.jsonl")
     name = name or time.strftime("quickstart-%Y%m%d-%H%M%S")
 
