@@ -4,7 +4,6 @@ The base model is loaded once; adapters are attached to it by name and switched,
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +135,3 @@ def compare(model: str, adapters: list[str | Path], data: str | Path, *, out_dir
         from lorakit.evaluate.report import write_reports
         write_reports(result, Path(out_dir))
     return result
-
-
-def load_comparison(path: Path) -> dict:
-    return json.loads((Path(path) / "eval.json").read_text(encoding="utf-8"))

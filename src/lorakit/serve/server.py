@@ -43,6 +43,10 @@ class Systems:
         set_threads()
         path = resolve(model, console=console)
         self.base_name = model if "/" not in model else Path(model).name
+        if self.base_name in adapters:
+            from lorakit.errors import LorakitError
+            raise LorakitError(f"an adapter is named '{self.base_name}', like the base model", field="adapter",
+                               hint="Name it differently with name=path")
         self.precision = pick_precision()
         self.tokenizer = load_tokenizer(path)
         self.models = AdapterSet(load_model(path, self.precision), adapters)

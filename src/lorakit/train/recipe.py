@@ -449,7 +449,3 @@ def train_from_cli(config_file: str | None, overrides: dict, *, dry_run=False, r
         config_file = config_file or str(saved)
     cfg = cfgmod.build(TrainConfig, config_file, overrides)
     return train(cfg, dry_run=dry_run, resume=resume, console=console)
-
-
-def read_summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
