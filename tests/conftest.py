@@ -1,15 +1,16 @@
-"""Shared fixtures: an isolated LORAKIT_HOME per session, a tiny model folder and the same model as a GGUF file.
+"""Shared fixtures: an isolated LORAKIT_HOME per session, the real default model, a tiny model and its GGUF.
 
 Every test runs with LORAKIT_HOME pointing at a fresh per-session folder, so nothing a test pulls, converts or
-breaks touches the user's cache. Two exceptions keep the real default model (a ~90 s pull) reachable:
-
-* inside that folder, ``models/<default preset>`` is a symlink to the real cache's copy, so a test resolving
-  the default preset finds it when it is pulled;
-* tests marked ``real_model`` run with the real cache home itself, so on a fresh clone they pull the default
-  preset into ~/.cache/lorakit once and later runs reuse it.
+breaks touches the user's cache. Tests marked ``real_model`` are the exception: they run with the real cache
+home (``LORAKIT_HOME`` as the suite was started with, else ~/.cache/lorakit), and the session fixture
+``default_model`` pulls the default preset there once (~90 s on a fresh machine, instant later). The pull
+happens inside that fixture with the real home set explicitly, so it never depends on fixture order and works
+with no cache, a partial cache (an interrupted pull, a dangling link) or a full one. CI starts the suite
+with a new, empty ``LORAKIT_HOME`` (``.ci/run``), so every CI run takes the fresh path.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -29,18 +30,13 @@ def pytest_configure(config):
                                        "deselect with -m 'not real_model'")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def lorakit_home(tmp_path_factory) -> Path:
-    """A per-session LORAKIT_HOME; the real default preset stays reachable through a symlink."""
-    from lorakit.models.presets import DEFAULT_PRESET
-
-    home = tmp_path_factory.mktemp("lorakit_home")
-    (home / "models").mkdir()
-    (home / "models" / DEFAULT_PRESET).symlink_to(REAL_HOME / "models" / DEFAULT_PRESET, target_is_directory=True)
+@contextlib.contextmanager
+def home_env(path: Path):
+    """LORAKIT_HOME set to ``path`` for the duration, then put back as it was."""
     old = os.environ.get("LORAKIT_HOME")
-    os.environ["LORAKIT_HOME"] = str(home)
+    os.environ["LORAKIT_HOME"] = str(path)
     try:
-        yield home
+        yield path
     finally:
         if old is None:
             os.environ.pop("LORAKIT_HOME", None)
@@ -48,11 +44,30 @@ def lorakit_home(tmp_path_factory) -> Path:
             os.environ["LORAKIT_HOME"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lorakit_home(tmp_path_factory) -> Path:
+    """A fresh, empty per-session LORAKIT_HOME."""
+    with home_env(tmp_path_factory.mktemp("lorakit_home")) as home:
+        yield home
+
+
+@pytest.fixture(scope="session")
+def default_model(lorakit_home) -> Path:
+    """The real default preset's safetensors folder in the real cache home, pulled there on first use."""
+    from lorakit.models import resolve
+    from lorakit.models.presets import DEFAULT_PRESET, model_dir
+    with home_env(REAL_HOME):
+        path = resolve(DEFAULT_PRESET)
+        assert path == model_dir(DEFAULT_PRESET)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _per_test_state(request, monkeypatch):
-    """Real-model tests use the real cache home; torch's global grad mode is restored after every test
-    (``load_model(trainable=False)`` switches gradients off process-wide)."""
+    """Real-model tests get the pulled default model and the real cache home; torch's global grad mode is
+    restored after every test (``load_model(trainable=False)`` switches gradients off process-wide)."""
     if request.node.get_closest_marker("real_model"):
+        request.getfixturevalue("default_model")
         monkeypatch.setenv("LORAKIT_HOME", str(REAL_HOME))
     torch = sys.modules.get("torch")
     grad = torch.is_grad_enabled() if torch is not None else None

@@ -1,6 +1,8 @@
 """The `lorakit` command: parse arguments, call one function per verb, print. No logic lives here."""
 from __future__ import annotations
 
+import os
+import sys
 from functools import wraps
 from pathlib import Path
 from typing import List, Optional
@@ -10,8 +12,20 @@ from rich.console import Console
 
 from lorakit.errors import LorakitError
 
-console = Console()
-err_console = Console(stderr=True)
+PIPE_WIDTH = 240  # columns when output goes to a file or a program: wide enough that rows are not folded
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """Rich for a terminal; piped or redirected, a wide console so that a table row stays on one line and
+    ``lorakit models list | grep NAME`` finds NAME (rich would fold cells at 80 columns). $COLUMNS wins."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 app = typer.Typer(help="lorakit: fine-tune a small language model on your domain's own material, check it, serve it.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

@@ -5,31 +5,76 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from lorakit.errors import LorakitError
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _kind(path: Path) -> str | None:
+    """What stands at ``path`` without following a symlink: 'link', 'dir', 'file', 'other' or None."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def _remove(path: Path) -> None:
+    kind = _kind(path)
+    if kind == "dir":
+        shutil.rmtree(path, ignore_errors=True)
+    elif kind is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces ``path``, on failure it is removed."""
+    """Yield a temporary sibling path; on success it replaces ``path``, on failure it is removed.
+
+    Whatever stands at ``path`` is replaced when it is of the same kind (a folder by a folder, a file by a
+    file) or a symlink, live or dangling (the link goes, what it points to is left alone). A folder where a
+    file is to be written, or the other way round, is refused before anything is written: replacing it
+    would destroy something the caller did not name. What is written follows the user's umask, like any file
+    (``tempfile.mkdtemp`` alone would leave a 0700 folder that no other account can read).
+    """
     path = Path(path)
+    want = "dir" if is_dir else "file"
+    have = _kind(path)
+    if have not in (None, "link", want):
+        raise LorakitError(f"cannot write a {'folder' if is_dir else 'file'} here: a "
+                           f"{'folder' if have == 'dir' else 'special file' if have == 'other' else 'file'} "
+                           "of that name is in the way", file=path, hint="Remove it or choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     target = tmp if is_dir else tmp / path.name
     try:
         yield target
         if is_dir:
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+            if _kind(path) is None:
+                os.replace(tmp, path)
+            else:  # a folder or a symlink: move it aside first (rename cannot put a folder over either)
+                old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
                 os.replace(path, old)
                 os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+                _remove(old)
         else:
-            os.replace(target, path)
+            os.replace(target, path)  # replaces a file, or a symlink itself (live or dangling)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

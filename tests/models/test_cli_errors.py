@@ -88,3 +88,16 @@ def test_train_with_non_gguf_bytes(cli, data_file, tmp_path):
 
 def test_doctor_with_missing_model(cli):
     _one_paragraph_error(cli("doctor", "--model", "./missing/model"), "no such model file or folder")
+
+
+def test_piped_models_list_keeps_each_row_on_one_line(tmp_path):
+    """`lorakit models list | grep NAME` finds every preset: piped output is not folded at 80 columns."""
+    import subprocess
+    import sys
+
+    from lorakit.models.presets import PRESETS
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "lorakit.cli", "models", "list"], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    for name in PRESETS:
+        assert sum(name in line for line in out.splitlines()) == 1, (name, out)

