@@ -3,6 +3,7 @@
 # empty lorakit cache (LORAKIT_HOME) and no .venv, and run the README's two commands, timing each.
 #
 #   tools/fresh-check.sh [REPO] [--keep]      REPO defaults to this checkout (its committed HEAD)
+#   TARGETS=test tools/fresh-check.sh         only `make test` (default: demo, then test, as the README lists them)
 #
 # The law texts the tests read live beside the checkout (../shared); they are linked beside the clone the
 # same way. Logs go to the temporary folder; its path is printed. --keep leaves the folder for inspection.
@@ -25,7 +26,7 @@ echo "fresh clone at $work/main (commit $(git -C "$work/main" rev-parse --short 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GB RAM"
 
 status=0
-for target in demo test; do
+for target in ${TARGETS:-demo test}; do
   start=$(date +%s)
   if (cd "$work/main" && make "$target") >"$work/make-$target.log" 2>&1; then rc=0; else rc=$?; status=1; fi
   secs=$(( $(date +%s) - start ))
