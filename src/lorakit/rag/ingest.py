@@ -64,36 +64,39 @@ def load_chunks(paths: Sequence[str | Path], *, max_chars: int = 600) -> list[Ch
 # ============================================================================ document names
 _PUNCT = re.compile(r"[\s《》〈〉<>“”\"'‘’「」『』()（）\[\]【】,，.。:：;；、·\-—_]+")
 _PREFIXES = ("中华人民共和国",)
+# Short forms that Chinese legal writing uses for the same words: 最高法 = 最高人民法院, X司法解释 = X的解释.
+_ALIASES = ((re.compile(r"最高法(?!院)"), "最高人民法院"), (re.compile("司法解释$"), "解释"))
 
 
 def normalize_title(name: str) -> str:
-    """'《中华人民共和国道路交通安全法》' → '道路交通安全法': NFKC, lower-case, no brackets, spaces or country prefix."""
+    """'《中华人民共和国道路交通安全法》' → '道路交通安全法': NFKC, lower-case, no brackets, spaces or country prefix;
+    the short forms 最高法 and 司法解释 written out."""
     text = _PUNCT.sub("", unicodedata.normalize("NFKC", name or "")).lower()
     for p in _PREFIXES:
         if text.startswith(p) and len(text) > len(p):
             text = text[len(p):]
+    for pattern, full in _ALIASES:
+        text = pattern.sub(full, text)
     return text
 
 
-def _bigrams(text: str) -> set[str]:
-    return {text[i:i + 2] for i in range(len(text) - 1)} or ({text} if text else set())
+def _abbreviates(short: str, title: str) -> bool:
+    """``short`` keeps ``title``'s characters in order and ends like it (法, 条例, 规定, 办法, 解释: the kind of
+    instrument), the way Chinese abbreviates titles: 道交法 for 道路交通安全法, 记分办法 for …记分管理办法."""
+    if len(short) < 3 or short[-1] != title[-1]:
+        return False
+    it = iter(title)
+    return all(c in it for c in short)
 
 
-def title_similarity(a: str, b: str) -> float:
-    """Dice coefficient of the character bigrams of two normalised titles (0..1)."""
-    x, y = _bigrams(normalize_title(a)), _bigrams(normalize_title(b))
-    if not x or not y:
-        return 0.0
-    return 2 * len(x & y) / (len(x) + len(y))
-
-
-def resolve_document(name: str | None, titles: Iterable[str], *, min_similarity: float = 0.3) -> str | None:
-    """The indexed title a (possibly short or informal) document name refers to, or None.
+def resolve_document(name: str | None, titles: Iterable[str]) -> str | None:
+    """The indexed title a (possibly short or informal) document name refers to, or None: not in the index.
 
     Rules, in order: equal after `normalize_title`; else the titles that contain the name (or that it contains),
-    the closest in length first (《道路交通安全法》 → the law, not its implementing regulations); else the title
-    with the highest character-bigram Dice similarity, if it reaches ``min_similarity`` and is unique
-    (最高法交通肇事刑事案件司法解释 → 最高人民法院关于审理交通肇事刑事案件……的解释).
+    the closest in length first (《道路交通安全法》 → the law, not its implementing regulations); else the
+    shortest title the name abbreviates (`_abbreviates`: 最高法交通肇事刑事案件司法解释 → 最高人民法院关于审理交通
+    肇事刑事案件……的解释), when one is shortest. A name that is none of these is *not in the index*: it is never
+    mapped to the closest-looking title (工伤保险条例 is not 机动车交通事故责任强制保险条例).
     """
     if not name:
         return None
@@ -107,10 +110,39 @@ def resolve_document(name: str | None, titles: Iterable[str], *, min_similarity:
         return exact[0]
     contains = [t for t in titles if want in norm[t] or (norm[t] and norm[t] in want)]
     if contains:
-        return min(contains, key=lambda t: (abs(len(norm[t]) - len(want)), -title_similarity(t, name)))
-    scored = sorted(((title_similarity(t, name), t) for t in titles), reverse=True)
-    if not scored or scored[0][0] < min_similarity:
+        return min(contains, key=lambda t: abs(len(norm[t]) - len(want)))
+    abbreviated = sorted((t for t in titles if norm[t] and _abbreviates(want, norm[t])), key=lambda t: len(norm[t]))
+    if not abbreviated or (len(abbreviated) > 1 and len(norm[abbreviated[0]]) == len(norm[abbreviated[1]])):
+        return None  # none, or a tie: the name does not say which document it means
+    return abbreviated[0]
+
+
+def _article_number(article: str | None) -> int | None:
+    from lorakit.data.build import chinese_numeral_to_int
+    if not article:
         return None
-    if len(scored) > 1 and scored[1][0] == scored[0][0]:
-        return None  # a tie: the name does not say which document it means
-    return scored[0][1]
+    a = str(article).strip()
+    if a.startswith("第") and "条" in a:
+        a = a[1:a.index("条")]
+    try:
+        return chinese_numeral_to_int(a)
+    except ValueError:
+        return None
+
+
+def source_chunks(source: dict | None, chunks: Sequence[Chunk]) -> tuple[list[int], str | None, str | None]:
+    """(ids of the chunks a record's ``source`` names, the indexed title its document maps to, why none).
+
+    Why-strings distinguish a record without a source from one whose law is *not in the index* and one whose
+    law is indexed but lacks that article."""
+    doc, article = (source or {}).get("document"), (source or {}).get("article")
+    number = _article_number(article)
+    if not doc or number is None:
+        return [], None, "no source.document and source.article"
+    title = resolve_document(doc, (c.document for c in chunks))
+    if title is None:
+        return [], None, f"not in the index: no indexed document is '{doc}'"
+    ids = [i for i, c in enumerate(chunks) if c.document == title and c.number == number]
+    if not ids:
+        return [], title, f"'{title}' has no {article}"
+    return ids, title, None
