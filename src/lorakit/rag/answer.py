@@ -144,14 +144,18 @@ def load_generator(model: str, adapter: str | Path | None = None, *, console=Non
 
 def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precision=None, k: int = 3,
                 mode: str | None = None, max_chars: int = 600, max_new_tokens: int = 256, batch_size: int = 8,
-                system: str | None = None) -> list[Answer]:
-    """Retrieve for each question, generate answers in batches with an already loaded model, check citations."""
+                system: str | None = None, recipe=None, retrieval_lm=None) -> list[Answer]:
+    """Retrieve for each question, generate answers in batches with an already loaded model, check citations.
+    ``recipe`` (`lorakit.rag.retrieve.Recipe`) picks the passages; its LM levers use ``retrieval_lm`` (model,
+    tokenizer, precision), by default the answering model itself."""
     from lorakit.evaluate.generate import generate
-    mode = index.check_mode(mode)
+    from lorakit.rag.retrieve import Recipe, Retriever
+    recipe = recipe or Recipe(mode=mode)
+    retriever = Retriever(index, recipe, (retrieval_lm or (lm, tokenizer, precision)) if recipe.needs_model else None,
+                          batch_size=batch_size)
     budget = context_budget(lm, max_new_tokens)
     prepared = []
-    for q in questions:
-        hits = index.search(q, k, mode)
+    for q, hits in zip(questions, retriever.search(questions, k)):
         msgs, shown = fit_messages(tokenizer, q, hits, budget=budget, max_chars=max_chars, system=system)
         prepared.append((q, msgs, shown))
     texts = generate(lm, tokenizer, [m for _, m, _ in prepared], max_new_tokens=max_new_tokens,
@@ -165,12 +169,13 @@ def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precis
 
 def ask(index: Index, question: str, *, model: str, adapter: str | Path | None = None, k: int = 3,
         mode: str | None = None, max_chars: int = 600, max_new_tokens: int = 256, system: str | None = None,
-        console=None) -> Answer:
+        recipe=None, console=None) -> Answer:
     """One question answered from the index by the base model or base + adapter."""
     from lorakit.errors import LorakitError
-    mode = index.check_mode(mode)
+    from lorakit.rag.retrieve import Recipe
+    recipe = (recipe or Recipe(mode=mode)).resolved(index)
     if not question or not question.strip():
         raise LorakitError("the question is empty", field="question")
     lm, tokenizer, precision = load_generator(model, adapter, console=console)
-    return answer_with(index, [question], lm, tokenizer, precision=precision, k=k, mode=mode, max_chars=max_chars,
-                       max_new_tokens=max_new_tokens, batch_size=1, system=system)[0]
+    return answer_with(index, [question], lm, tokenizer, precision=precision, k=k, max_chars=max_chars,
+                       max_new_tokens=max_new_tokens, batch_size=1, system=system, recipe=recipe)[0]

@@ -19,7 +19,7 @@ retrieved.jsonl.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +29,7 @@ from rich.table import Table
 from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
-from lorakit.rag.index import MODES, Index, rrf
+from lorakit.rag.index import MODES, Index
 from lorakit.rag.ingest import _article_number, resolve_document, source_chunks
 
 KS = (1, 3, 5)
@@ -70,13 +70,15 @@ class Retrieval:
             for why in sorted({u.split(" — ", 1)[-1] for u in self.unmatched})[:5]:
                 t.add_row(why)
             return t
-        t = Table(title=f"{title}: {self.matched} of {self.total} questions with a known source article")
-        t.add_column("mode")
+        t = Table(title=f"{title}: {self.matched} of {self.total} questions with a source article in the index")
+        t.add_column("retrieval (levers)", no_wrap=True)
         for k in self.ks:
             t.add_column(f"recall@{k}", justify="right")
         t.add_column("MRR", justify="right")
+        t.add_column("s / question", justify="right")
         for mode, row in self.modes.items():
-            t.add_row(mode, *[f"{row[f'recall@{k}']:.3f}" for k in self.ks], f"{row['mrr']:.3f}")
+            t.add_row(mode, *[f"{row[f'recall@{k}']:.3f}" for k in self.ks], f"{row['mrr']:.3f}",
+                      f"{row.get('seconds', 0):.3f}")
         return t
 
     def as_dict(self) -> dict:
@@ -84,29 +86,37 @@ class Retrieval:
                 "unmatched": self.unmatched, "mappings": self.mappings}
 
 
-def rankings(index: Index, query: str, modes: Sequence[str], *, depth: int = 100) -> dict[str, list[int]]:
-    """Chunk ids best first for each mode (BM25: chunks sharing a word; dense: all; hybrid: RRF of the tops)."""
-    out: dict[str, list[int]] = {}
-    bm = index.bm25_ranking(query)[0].tolist() if {"bm25", "hybrid"} & set(modes) else []
-    de = index.dense_ranking(query)[0].tolist() if {"dense", "hybrid"} & set(modes) else []
-    for mode in modes:
-        if mode == "bm25":
-            out[mode] = bm
-        elif mode == "dense":
-            out[mode] = de
-        else:
-            out[mode] = [i for i, _, _ in rrf({"bm25": bm[:depth], "dense": de[:depth]})]
-    return out
+def default_recipes(index: Index, lm_levers: bool = False, base: "Recipe | None" = None) -> list["Recipe"]:
+    """Each lever on its own: every mode without and (when the index has it) with what it learned from Q&A
+    records; with a model, LM query rewriting and LM reranking on top of ``base`` (the recipe answers use)."""
+    from lorakit.rag.retrieve import Recipe
+    modes = [*MODES] if index.has_dense else ["bm25"]
+    out = [Recipe(mode=m, learned=False) for m in modes]
+    if index.has_learned:
+        out += [Recipe(mode=m, learned=True) for m in modes]
+    if lm_levers:
+        base = (base or Recipe()).resolved(index)
+        out += [replace(base, rewrite="answer", rerank=0), replace(base, rewrite="terms", rerank=0),
+                replace(base, rewrite=None, rerank=20)]
+    seen, unique = set(), []
+    for r in out:
+        r = r.resolved(index)
+        if r not in seen:
+            seen.add(r)
+            unique.append(r)
+    return unique
 
 
-def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
-                     modes: Sequence[str] | None = None) -> Retrieval:
-    """Recall@k and MRR of each mode over records with ``source.document`` and ``source.article``."""
-    modes = [index.check_mode(m) for m in (modes or ([*MODES] if index.has_dense else ["bm25"]))]
+def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS, recipes: Sequence | None = None,
+                     lm=None, batch_size: int = 8) -> Retrieval:
+    """Recall@k, MRR and seconds per question of each retrieval recipe over records with ``source.document``
+    and ``source.article``. A record whose law is not in the index is listed as such, never matched to the
+    closest-looking title, and left out of recall."""
+    from lorakit.rag.retrieve import Retriever
+    recipes = list(recipes or default_recipes(index))
     ks = tuple(sorted(set(ks)))
-    hits = {m: {k: 0 for k in ks} for m in modes}
-    rr = {m: 0.0 for m in modes}
     res = Retrieval(ks, {}, len(records), 0)
+    targets = []
     for r in records:
         ids, title, why = source_target(r.source, index)
         doc = (r.source or {}).get("document")
@@ -114,21 +124,33 @@ def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
             res.mappings[doc] = title
         if not ids:
             res.unmatched.append(f"{r.prompt[:40]} — {why}")
+        targets.append(set(ids))
+    asked = [r.prompt for r, t in zip(records, targets) if t]
+    wanted = [t for t in targets if t]
+    res.matched = len(asked)
+    ranks_of: dict[str, list[int | None]] = {}
+    for recipe in recipes:
+        retriever = Retriever(index, recipe, lm, batch_size=batch_size)
+        label = retriever.recipe.label()
+        t0 = time.perf_counter()
+        orders = retriever.rankings(asked) if asked else []
+        seconds = (time.perf_counter() - t0) / max(len(asked), 1)
+        ranks = [next((p + 1 for p, (i, _, _) in enumerate(order) if i in want), None)
+                 for order, want in zip(orders, wanted)]
+        ranks_of[label] = ranks
+        n = max(len(asked), 1)
+        res.modes[label] = {**{f"recall@{k}": sum(1 for x in ranks if x and x <= k) / n for k in ks},
+                            "mrr": sum(1 / x for x in ranks if x) / n, "seconds": seconds}
+    it = iter(range(len(asked)))
+    for r, want in zip(records, targets):
+        if not want:
+            why = source_target(r.source, index)[2]
             res.per_record.append({"question": r.prompt, "target": None, "why": why})
             continue
-        res.matched += 1
-        want = set(ids)
-        ranks = {}
-        for mode, order in rankings(index, r.prompt, modes).items():
-            rank = next((p + 1 for p, i in enumerate(order) if i in want), None)
-            ranks[mode] = rank
-            for k in ks:
-                hits[mode][k] += rank is not None and rank <= k
-            rr[mode] += 1 / rank if rank else 0.0
-        c = index.chunks[ids[0]]
-        res.per_record.append({"question": r.prompt, "target": f"《{c.document}》{c.article}", "ranks": ranks})
-    n = max(res.matched, 1)
-    res.modes = {m: {**{f"recall@{k}": hits[m][k] / n for k in ks}, "mrr": rr[m] / n} for m in modes}
+        n = next(it)
+        c = index.chunks[min(want)]
+        res.per_record.append({"question": r.prompt, "target": f"《{c.document}》{c.article}",
+                               "ranks": {label: ranks[n] for label, ranks in ranks_of.items()}})
     return res
 
 
@@ -190,7 +212,10 @@ class RagComparison:
 def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, k: int = 3, mode: str | None = None, max_chars: int = 600,
                 max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None,
-                system_prompt: str | None = None, console: Console | None = None) -> RagComparison:
+                system_prompt: str | None = None, recipe=None, levers: bool = False,
+                console: Console | None = None) -> RagComparison:
+    """The four-way comparison. ``recipe`` (`lorakit.rag.retrieve.Recipe`, default: ``mode`` with what the index
+    learned) picks the passages shown; ``levers`` also measures LM query rewriting and reranking alone."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lorakit.evaluate.compare import Comparison, SystemResult, load_eval_records, name_adapters
@@ -199,20 +224,28 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
     from lorakit.models.load import AdapterSet, set_threads
     from lorakit.rag.answer import context_budget, fit_messages
 
+    from lorakit.rag.retrieve import Recipe, Retriever
+
     console = console or Console(stderr=True)
-    mode = index.check_mode(mode)
+    recipe = (recipe or Recipe(mode=mode)).resolved(index)
+    mode = recipe.mode
     if k < 1:
         raise LorakitError(f"k must be at least 1 (got {k})", field="k")
     records = load_eval_records(data, limit=limit, system_prompt=system_prompt)
-
-    retrieval = retrieval_recall(index, records)
-    hits = [index.search(r.prompt, k, mode) for r in records]
 
     set_threads()
     path = resolve(model, console=console)
     tokenizer = load_tokenizer(path)
     precision = pick_precision()
     base = load_model(path, precision)
+    lm = (base, tokenizer, precision)  # the LM levers use the bare base model, before adapters are attached
+    recipes = default_recipes(index, lm_levers=levers, base=recipe)
+    if recipe not in recipes:
+        recipes.append(recipe)
+    with console.status("measuring retrieval…"):
+        retrieval = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size)
+        retriever = Retriever(index, recipe, lm if recipe.needs_model else None, batch_size=batch_size)
+        hits = retriever.search([r.prompt for r in records], k)
     models = AdapterSet(base, name_adapters(adapters, reserved=("base", "base+rag")))
     named = models.names
 
@@ -233,7 +266,8 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
     result = Comparison(questions=[r.prompt for r in records], references=[r.answer for r in records],
                         meta={"model": model, "model_path": str(path), "data": str(data), "n": len(records),
                               "max_new_tokens": max_new_tokens, "precision": precision.why,
-                              "index": str(index.path), "mode": mode, "k": k, "max_chars": max_chars,
+                              "index": str(index.path), "mode": mode, "retrieval": recipe.label(), "k": k,
+                              "max_chars": max_chars,
                               "adapters": [str(a) for a in adapters]})
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as prog:
@@ -271,24 +305,39 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
-def to_markdown(rc: RagComparison, examples: int = 10) -> str:
-    cmp, ret = rc.comparison, rc.retrieval
-    meta = cmp.meta
-    lines = [f"# RAG + fine-tuning: {meta['model']} on {meta['data']}", "",
-             f"{meta['n']} held-out questions · index {meta['index']} · passages shown to the +rag systems: top "
-             f"{rc.k} by {rc.mode} · greedy decoding, at most {meta['max_new_tokens']} new tokens · "
-             f"{meta['precision']}", "",
-             f"## Retrieval ({ret.matched} of {ret.total} questions with a known source article)", "",
-             "| mode | " + " | ".join(f"recall@{k}" for k in ret.ks) + " | MRR |",
-             "|---" * (len(ret.ks) + 2) + "|"]
+def retrieval_markdown(ret: Retrieval) -> list[str]:
+    """The retrieval section of rag.md: one row per recipe (each lever alone), mappings and records left out."""
+    lines = [f"## Retrieval ({ret.matched} of {ret.total} questions with a source article in the index)", "",
+             "| retrieval (levers) | " + " | ".join(f"recall@{k}" for k in ret.ks) + " | MRR | s / question |",
+             "|---" * (len(ret.ks) + 3) + "|"]
     for mode, row in (ret.modes.items() if ret.matched else ()):
         lines.append(f"| {mode} | " + " | ".join(f"{row[f'recall@{k}']:.3f}" for k in ret.ks)
-                     + f" | {row['mrr']:.3f} |")
+                     + f" | {row['mrr']:.3f} | {row.get('seconds', 0):.3f} |")
     if ret.mappings:
         lines += ["", "Document names of the test set mapped to indexed titles: "
                   + "; ".join(f"{a} → {b}" for a, b in ret.mappings.items()) + "."]
     if ret.unmatched:
         lines += ["", f"Left out of recall ({len(ret.unmatched)}): " + "; ".join(ret.unmatched[:10]) + "."]
+    return lines
+
+
+def write_retrieval_reports(ret: Retrieval, out_dir: Path, meta: dict) -> None:
+    """rag.md, rag.json and retrieved.jsonl of a retrieval-only evaluation (no model answered)."""
+    from lorakit.io import write_json, write_jsonl, write_text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "rag.json", {"meta": meta, "retrieval": ret.as_dict()})
+    write_jsonl(out_dir / "retrieved.jsonl", ret.per_record)
+    write_text(out_dir / "rag.md", "\n".join([f"# Retrieval: {meta.get('data')} over {meta.get('index')}", "",
+                                               *retrieval_markdown(ret)]) + "\n")
+
+
+def to_markdown(rc: RagComparison, examples: int = 10) -> str:
+    cmp, ret = rc.comparison, rc.retrieval
+    meta = cmp.meta
+    lines = [f"# RAG + fine-tuning: {meta['model']} on {meta['data']}", "",
+             f"{meta['n']} held-out questions · index {meta['index']} · passages shown to the +rag systems: top "
+             f"{rc.k} by {meta.get('retrieval', rc.mode)} · greedy decoding, at most {meta['max_new_tokens']} new tokens · "
+             f"{meta['precision']}", "", *retrieval_markdown(ret)]
     hit, known = rc.shown_share()
     if known:
         lines += ["", f"The source article was among the {rc.k} passages shown for {hit} of {known} questions: "

@@ -214,6 +214,7 @@ class Index:
     meta: dict
     learned: "Learned | None" = None  # from the domain's Q&A records (`lorakit.rag.learn`), when indexed with them
     bm25_learned: BM25 | None = None  # BM25 over each article's text plus the training questions that cite it
+    question_embeddings: np.ndarray | None = None  # e5 query embeddings of `learned.question_list()`, in order
 
     @property
     def has_learned(self) -> bool:
@@ -254,8 +255,16 @@ class Index:
         order = ids[np.argsort(-s[ids], kind="stable")]
         return order, s[order]
 
-    def dense_ranking(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        s = self.embeddings @ embed_query(query)
+    def dense_ranking(self, query: str, *, questions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """All chunks by cosine similarity to the query; ``questions``: an article also scores the similarity of
+        the most similar training question that cites it (a question like an old one finds the old one's article)."""
+        v = embed_query(query)
+        s = self.embeddings @ v
+        if questions and self.question_embeddings is not None and self.learned is not None:
+            owners = np.array([c for _, c in self.learned.question_list()], dtype=np.int64)
+            best = np.full(len(s), -1.0, dtype=np.float32)
+            np.maximum.at(best, owners, self.question_embeddings @ v)
+            s = np.maximum(s, best)
         order = np.argsort(-s, kind="stable")
         return order, s[order]
 
@@ -280,9 +289,9 @@ class Index:
             if mode == "bm25":
                 return [(int(i), float(s), {"bm25": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
         if mode == "dense":
-            ids, scores = self.dense_ranking(query)
+            ids, scores = self.dense_ranking(query, questions=use)
             return [(int(i), float(s), {"dense": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
-        return rrf({"bm25": ids[:depth], "dense": self.dense_ranking(query)[0][:depth]})
+        return rrf({"bm25": ids[:depth], "dense": self.dense_ranking(query, questions=use)[0][:depth]})
 
 
 def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K) -> list[tuple[int, float, dict[str, int]]]:
@@ -357,6 +366,9 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
 
             if todo:
                 embeddings[todo] = embed_passages([texts[i] for i in todo], on_progress=step)
+    question_embeddings = None
+    if embeddings is not None and learned is not None:
+        question_embeddings = np.stack([embed_query(q) for q, _ in learned.question_list()]).astype(np.float32)
 
     counts = Counter(c.file for c in chunks)
     meta = {
@@ -385,8 +397,10 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
         if learned is not None:
             bm25_learned.save(tmp / "bm25_learned.npz")
             write_json(tmp / "learned.json", learned.as_dict())
+            if question_embeddings is not None:
+                np.save(tmp / "question_embeddings.npy", question_embeddings)
         write_json(tmp / "meta.json", meta)
-    return Index(out, chunks, bm25, embeddings, meta, learned, bm25_learned)
+    return Index(out, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings)
 
 
 def learn_from_files(files: Sequence[str | Path], chunks: Sequence[Chunk], *,
@@ -463,9 +477,15 @@ def load_index(path: str | Path) -> Index:
         from lorakit.rag.learn import Learned
         learned = Learned.from_dict(json.loads((path / "learned.json").read_text(encoding="utf-8")))
         bm25_learned = BM25.load(path / "bm25_learned.npz")
+    question_embeddings = None
+    if learned is not None and (path / "question_embeddings.npy").is_file():
+        question_embeddings = np.load(path / "question_embeddings.npy", allow_pickle=False)
+        if len(question_embeddings) != len(learned.question_list()):
+            raise LorakitError("question_embeddings.npy does not match learned.json (a partial copy?)", file=path,
+                               hint=hint)
     embeddings = None
     if (path / "embeddings.npy").is_file():
         embeddings = np.load(path / "embeddings.npy", allow_pickle=False)
     if bm25.n_docs != len(chunks) or (embeddings is not None and len(embeddings) != len(chunks)):
         raise LorakitError("the index files disagree on the number of chunks (a partial copy?)", file=path, hint=hint)
-    return Index(path, chunks, bm25, embeddings, meta, learned, bm25_learned)
+    return Index(path, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings)

@@ -8,10 +8,13 @@ index folder (``learned.json``) and both optional:
 * **questions per article** (document expansion, as doc2query does with generated questions): the BM25 text
   of an article gets the training questions that cite it, so a new question worded like an old one meets
   the article even when it shares no word with the statute;
-* **a colloquial → statutory term map**: for a question word ``w`` and an article word ``t``, the share of
-  the questions with ``w`` whose article has ``t``, weighted by how specific ``t`` is among all articles
-  (idf), kept when seen at least twice. 驾照 → 驾驶证, 喝酒 → 饮酒 come out of the data, not a hand-written list.
-  At query time each mapped term is added with its weight (below one), so the user's own words still count most.
+* **a colloquial → statutory term map**: for a question word ``w`` and a word ``t`` of its article that the
+  question does not use and that shares a character with ``w`` (everyday words and statute words for the same
+  thing usually do: 驾照/驾驶证, 喝酒/饮酒, 扣分/记分), the share of the questions with ``w`` whose article has
+  ``t`` times the log of its lift over ``t``'s base rate (the rank), kept when seen at least twice and lifted 1.5×.
+  The pairs come out of the data, not a hand-written list; without the shared character, 172 records
+  mostly teach coincidences (驾照 → 百分之五十).
+  At query time each mapped term is added with half that share as its weight, so the user's own words still count most.
 
 Only records whose source resolves to an indexed article are used; held-out data must never be given here.
 """
@@ -51,6 +54,10 @@ class Learned:
                     weights[t] = max(weights.get(t, 0.0), wt)
         return dict(weights)
 
+    def question_list(self) -> list[tuple[str, int]]:
+        """(question, chunk id) in a fixed order (chunk id, then as learned): rows of question_embeddings.npy."""
+        return [(q, c) for c in sorted(self.questions) for q in self.questions[c]]
+
     def as_dict(self) -> dict:
         return {"records": self.records, "sources": self.sources,
                 "questions": {str(k): v for k, v in self.questions.items()},
@@ -71,33 +78,28 @@ def learn(pairs: Sequence[tuple[str, int]], chunks: Sequence[Chunk], *, sources:
         if q not in questions[cid]:
             questions[cid].append(q)
 
-    chunk_words = {}
-    df: Counter = Counter()
-    for i, c in enumerate(chunks):
-        ws = set(words(passage_text(c)))
-        df.update(ws)
-        if i in questions:
-            chunk_words[i] = ws
-    n_chunks = max(len(chunks), 1)
+    chunk_words = {i: set(words(passage_text(chunks[i]))) for i in questions}
     seen: Counter = Counter()
     pair: Counter = Counter()
+    prior: Counter = Counter()  # in how many pairs an article has the term
     for q, cid in pairs:
         qw = set(words(q))
         seen.update(qw)
+        prior.update(chunk_words[cid])
         for w in qw:
             for t in chunk_words[cid]:
-                if t != w:
+                if t != w and set(t) & set(w) and (t not in qw):
                     pair[w, t] += 1
+    n = max(len(pairs), 1)
     scored: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for (w, t), c in pair.items():
         if c < MIN_PAIRS:
             continue
-        share = c / seen[w]
-        idf = math.log(n_chunks / df[t]) / math.log(n_chunks) if n_chunks > 1 else 1.0
-        score = share * idf
-        if score > 0.2:
-            scored[w].append((t, score))
-    terms = {w: [(t, round(EXPANSION_WEIGHT * s, 4)) for t, s in sorted(ts, key=lambda x: -x[1])[:TOP_TERMS]]
+        p_tw = c / seen[w]
+        lift = p_tw / (prior[t] / n)
+        if lift > 1.5:
+            scored[w].append((t, p_tw * math.log(lift), p_tw))
+    terms = {w: [(t, round(EXPANSION_WEIGHT * p, 4)) for t, _, p in sorted(ts, key=lambda y: -y[1])[:TOP_TERMS]]
              for w, ts in scored.items()}
     return Learned(dict(questions), terms, len(pairs), list(sources))
 
