@@ -458,13 +458,53 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
         ans = ask(index, question, model=model, adapter=adapter, k=k, mode=mode, max_chars=max_chars,
                   max_new_tokens=max_new_tokens, system=system, recipe=_recipe(mode, learned, rewrite, rerank),
                   console=console)
-    console.print(ans.answer, highlight=False)
+    show_evidence(ans)
+
+
+def show_evidence(ans) -> None:
+    """An answer as a person checks it: unsupported figures highlighted, the passages, each citation's status."""
+    from rich.markup import escape
+    text, last = [], 0
+    for f in ans.unsupported:
+        text += [escape(ans.answer[last:f.start]), f"[bold red on yellow]{escape(ans.answer[f.start:f.end])}[/]"]
+        last = f.end
+    console.print("".join(text) + escape(ans.answer[last:]), highlight=False)
     console.print("\n[bold]passages shown[/]")
     for i, h in enumerate(ans.hits, start=1):
         console.print(f"  [{i}] {h.label}", highlight=False)
+    if not ans.hits:
+        console.print("  none (nothing retrieved)")
     for c, ok in zip(ans.citations, ans.supported):
-        if not ok:
-            console.print(f"[yellow]cited {c.label()}, which was not among the passages shown[/]", highlight=False)
+        mark = "[green]among the passages shown[/]" if ok else "[yellow]NOT among the passages shown[/]"
+        console.print(f"cites {c.label()}: {mark}", highlight=False)
+    if not ans.citations:
+        console.print("[yellow]cites no article[/]")
+    if ans.unsupported:
+        console.print("[red]figures stated in no passage shown:[/] " + ", ".join(f.text for f in ans.unsupported),
+                      highlight=False)
+
+
+@rag_app.command("raft")
+@friendly
+def rag_raft(index_dir: Path = typer.Argument(..., help="Index folder (lorakit rag index) over the documents the "
+                                                        "records cite."),
+             data: Path = typer.Option(..., "--data", "-d", help="Training Q&A with source.document and source.article."),
+             out: Path = typer.Option(..., "--out", "-o", help="JSONL to write: the RAFT records plus the plain ones."),
+             k: int = typer.Option(3, "-k", help="Passages per record (as rag ask shows them)."),
+             p_gold: float = typer.Option(0.8, "--gold", help="Share of RAFT records whose source article is shown."),
+             max_chars: int = typer.Option(600, help="Characters of each passage shown at most (as rag ask)."),
+             plain: bool = typer.Option(True, "--plain/--no-plain", help="Keep the question-only records in the mix."),
+             seed: int = typer.Option(0)):
+    """Write retrieval-augmented fine-tuning records: question + passages (source among distractors, or not) → answer."""
+    from lorakit.rag.index import load_index
+    from lorakit.rag.raft import build_raft
+    st = build_raft(load_index(index_dir), data, out, k=k, p_gold=p_gold, max_chars=max_chars, keep_plain=plain,
+                    seed=seed)
+    console.print(f"[green]wrote[/] {out}: {st.raft} RAFT records ({st.with_gold} with the source article among "
+                  f"{k} passages, {st.without_gold} with distractors only, answered 'not in the passages') + "
+                  f"{st.plain} plain question-only records; {st.cited_added} answers got their citation added, "
+                  f"{len(st.unfaithful)} left out of RAFT for figures their article does not state, "
+                  f"{st.no_source} without an indexed source article", highlight=False)
 
 
 @rag_app.command("eval")

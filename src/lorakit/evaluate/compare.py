@@ -16,6 +16,7 @@ from lorakit.evaluate import metrics as M
 
 SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
          "exact_match": "EM", "keywords": "keyw.", "citation": "cite"}
+LOWER_IS_BETTER = ("loss", "perplexity", "unsupported_figures")
 METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation")
 
 
@@ -56,7 +57,7 @@ def _best(metric: str, values):
     vals = [v for v in values if v is not None]
     if not vals:
         return None
-    return min(vals) if metric in ("loss", "perplexity") else max(vals)
+    return min(vals) if metric in LOWER_IS_BETTER else max(vals)
 
 
 def adapter_label(path: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lorakit.data.build import chinese_numeral_to_int
+from lorakit.rag.figures import unsupported_figures
 from lorakit.rag.index import Hit, Index
 from lorakit.rag.ingest import resolve_document
 
@@ -129,6 +130,16 @@ class Answer:
     citations: list[Citation] = field(default_factory=list)
     supported: list[bool] = field(default_factory=list)
     prompt: list[dict] = field(default_factory=list)
+    unsupported: list = field(default_factory=list)  # `lorakit.rag.figures.Figure`s stated in no passage shown
+
+    def evidence(self) -> dict:
+        """What a person needs to check the answer: the passages shown, each citation and whether it was among
+        them, and the figures (fines, days, points, years) that no passage shown states."""
+        return {"question": self.question, "answer": self.answer,
+                "passages": [{"label": h.label, "document": h.chunk.document, "article": h.chunk.article,
+                              "text": h.chunk.text} for h in self.hits],
+                "citations": [{"cited": c.label(), "shown": ok} for c, ok in zip(self.citations, self.supported)],
+                "unsupported_figures": [f.text for f in self.unsupported]}
 
 
 def load_generator(model: str, adapter: str | Path | None = None, *, console=None):
@@ -163,7 +174,8 @@ def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precis
     out = []
     for (q, msgs, shown), text in zip(prepared, texts):
         cites = citations(text, index.titles)
-        out.append(Answer(q, text, shown, cites, supported(cites, shown), msgs))
+        out.append(Answer(q, text, shown, cites, supported(cites, shown), msgs,
+                          unsupported_figures(text, [h.chunk.text for h in shown])))
     return out
 
 

@@ -29,21 +29,24 @@ from rich.table import Table
 from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
+from lorakit.rag.figures import unsupported_figures
 from lorakit.rag.index import MODES, Index
 from lorakit.rag.ingest import _article_number, resolve_document, source_chunks
 
 KS = (1, 3, 5)
 # The metrics of the four-way table, in order; the first eight are `lorakit.evaluate.compare.METRICS`.
 RAG_METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation",
-               "citation_exact", "citation_shown", "citation_known")
+               "citation_exact", "citation_shown", "citation_known", "unsupported_figures")
 SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
          "exact_match": "EM", "keywords": "keyw.", "citation": "cite art.", "citation_exact": "cite law+art.",
-         "citation_shown": "cite | shown", "citation_known": "cites exist"}
+         "citation_shown": "cite | shown", "citation_known": "cites exist", "unsupported_figures": "unsupp. fig."}
 HELP = {"citation": "cites the reference's article number",
         "citation_exact": "cites the reference's law and article (《…》第X条, short law names allowed)",
         "citation_shown": "citation_exact over the questions whose source article was among the passages shown to "
                           "the +rag systems (separates retrieval misses from answering misses)",
-        "citation_known": "share of the articles cited that exist in the indexed documents"}
+        "citation_known": "share of the articles cited that exist in the indexed documents",
+        "unsupported_figures": "share of answers stating a figure (fine, days, points, years…) that no passage shown "
+                               "states; for a system without retrieval, that its source article does not state"}
 
 
 # ============================================================================ retrieval
@@ -284,11 +287,19 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                                    precision=precision, on_batch=lambda n, t=task: prog.advance(t, n))
             seconds = time.perf_counter() - t0
             per = []
-            for r, ans, lo, seen in zip(records, answers, per_loss, target_shown):
+            for r, ans, lo, seen, used in zip(records, answers, per_loss, target_shown, shown):
+                if use_rag:
+                    evidence = [h.chunk.text for h in used]
+                else:
+                    gold = source_target(r.source, index)[0]
+                    evidence = [index.chunks[gold[0]].text] if gold else []
+                bad = unsupported_figures(ans, evidence)
                 s = M.score(ans, r.answer, keywords=r.meta.get("keywords"), article=r.source.get("article"))
                 s["citation_exact"] = citation_exact(ans, r.source, titles)
                 s["citation_shown"] = s["citation_exact"] if seen else None
                 s["citation_known"] = citation_known(citations(ans, titles), index)
+                s["unsupported_figures"] = float(bool(bad))
+                s["unsupported"] = [f.text for f in bad]
                 s["loss"] = lo
                 per.append(s)
             summary = {m: M.mean(p[m] for p in per) for m in RAG_METRICS if m not in ("loss", "perplexity")}
@@ -357,7 +368,9 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
         lines += [f"### {i + 1}. {q}", "", f"- **reference** ({target or 'source unknown'}): {cmp.references[i]}",
                   f"- **passages shown**: {shown or 'none'}"]
         for s in cmp.systems:
-            lines.append(f"- **{s.name}** (ROUGE-L {s.per_example[i]['rouge_l']:.2f}): {s.answers[i]}")
+            bad = s.per_example[i].get("unsupported") or []
+            flag = f" — **unsupported figures: {', '.join(bad)}**" if bad else ""
+            lines.append(f"- **{s.name}** (ROUGE-L {s.per_example[i]['rouge_l']:.2f}): {s.answers[i]}{flag}")
         lines.append("")
     if len(cmp.questions) > examples:
         lines.append(f"… {len(cmp.questions) - examples} more in eval.html, answers.jsonl and retrieved.jsonl")
@@ -368,7 +381,9 @@ def write_rag_reports(rc: RagComparison, out_dir: Path) -> None:
     from lorakit.evaluate.report import write_reports
     from lorakit.io import write_json, write_jsonl, write_text
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_reports(rc.comparison, out_dir)
+    write_reports(rc.comparison, out_dir, html_kw={
+        "metrics": RAG_METRICS, "helps": HELP,
+        "passages": [[(h.label, h.chunk.body) for h in hits] for hits in rc.hits]})
     cmp = rc.comparison
     hit, known = rc.shown_share()
     write_json(out_dir / "rag.json", {"meta": cmp.meta, "retrieval": rc.retrieval.as_dict(),

@@ -1,0 +1,132 @@
+"""Retrieval-augmented fine-tuning data (RAFT, Zhang et al. 2024): teach the model to answer from passages.
+
+A model fine-tuned on bare questions learns the domain's style but not to read what retrieval shows it: given
+passages it keeps citing from memory. RAFT records put the question and k retrieved passages in the user turn,
+laid out exactly as `lorakit rag ask` shows them (`lorakit.rag.answer.rag_messages`, one function for both):
+
+* with probability ``p_gold`` the source article is among them, at a random position, beside hard distractors
+  (the articles retrieval ranks highest for the question that are not the source); the answer is the record's
+  own, which cites that article (a citation is added when it does not) and whose figures must be stated by it
+  (`lorakit.rag.figures`; a record whose answer has figures its article does not state is not used for RAFT);
+* otherwise only distractors are shown, and the answer says the passages do not answer the question instead
+  of inventing one (what the model should do when retrieval misses);
+* the plain question-only records stay in the mix, so the model still answers without retrieval.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from lorakit.errors import LorakitError
+from lorakit.rag.index import Hit, Index
+
+NO_ANSWER_ZH = "参考资料中没有能回答这个问题的条文，我无法据此给出有依据的答复，建议查阅相关法规原文或向交通管理部门咨询。"
+NO_ANSWER_EN = ("None of the reference passages answers this question, so I cannot give a grounded answer; "
+                "please check the relevant regulations or ask the traffic authority.")
+
+
+@dataclass
+class RaftStats:
+    records: int = 0  # input records
+    raft: int = 0  # RAFT records written
+    with_gold: int = 0
+    without_gold: int = 0
+    plain: int = 0  # question-only records kept
+    no_source: int = 0  # records whose source is not an indexed article (kept plain only)
+    cited_added: int = 0  # answers that did not cite their article and got a citation prefix
+    unfaithful: list[str] = field(default_factory=list)  # "question — figures": not used for RAFT
+
+    def as_dict(self) -> dict:
+        return {k: (v if not isinstance(v, list) else len(v)) for k, v in self.__dict__.items()}
+
+
+def _short_title(title: str) -> str:
+    return title[len("中华人民共和国"):] if title.startswith("中华人民共和国") and len(title) > 8 else title
+
+
+def no_answer(question: str) -> str:
+    from lorakit.rag.answer import is_chinese
+    return NO_ANSWER_ZH if is_chinese(question) else NO_ANSWER_EN
+
+
+def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float = 0.8, seed: int = 0,
+                 max_chars: int = 600, distractor_pool: int = 8, keep_plain: bool = True,
+                 recipe=None) -> tuple[list[dict], RaftStats]:
+    """RAFT records (messages format, with ``source`` and a ``raft`` note) for ``records`` over ``index``.
+
+    Distractors come from the first ``distractor_pool`` results of ``recipe`` (default: the index's default
+    mode without learned data, so a training question does not find itself), minus the source article.
+    """
+    from lorakit.rag.answer import citations, rag_messages
+    from lorakit.rag.figures import unsupported_figures
+    from lorakit.rag.ingest import source_chunks
+    from lorakit.rag.retrieve import Recipe, Retriever
+
+    if k < 1:
+        raise LorakitError(f"k must be at least 1 (got {k})", field="k")
+    if not 0.0 <= p_gold <= 1.0:
+        raise LorakitError(f"the share of records with the source article shown must be within 0..1 (got {p_gold})",
+                           field="p_gold")
+    rng = random.Random(seed)
+    retriever = Retriever(index, recipe or Recipe(learned=False))
+    stats = RaftStats(records=len(records))
+    out: list[dict] = []
+    questions = [r.prompt for r in records]
+    rankings = retriever.rankings(questions) if questions else []
+    for r, ranked in zip(records, rankings):
+        base = {"messages": r.prompt_messages() + [{"role": "assistant", "content": r.answer}]}
+        if r.source:
+            base["source"] = r.source
+        if keep_plain:
+            out.append(base)
+            stats.plain += 1
+        ids, title, _ = source_chunks(r.source, index.chunks)
+        if not ids:
+            stats.no_source += 1
+            continue
+        gold = ids[0]
+        chunk = index.chunks[gold]
+        bad = unsupported_figures(r.answer, [chunk.text])
+        if bad:
+            stats.unfaithful.append(f"{r.prompt[:40]} — {', '.join(f.text for f in bad)}")
+            continue
+        pool = [i for i, _, _ in ranked if i not in ids][:distractor_pool]
+        show_gold = rng.random() < p_gold
+        n_distract = k - 1 if show_gold else k
+        picked = rng.sample(pool, min(n_distract, len(pool)))
+        if show_gold:
+            picked.insert(rng.randrange(len(picked) + 1), gold)
+        hits = [Hit(i, index.chunks[i], 0.0, p + 1) for p, i in enumerate(picked)]
+        answer = r.answer
+        if show_gold:
+            if not any(c.resolved == chunk.document and c.number == chunk.number
+                       for c in citations(answer, index.titles)):
+                answer = f"根据《{_short_title(chunk.document)}》{chunk.article}，{answer}"
+                stats.cited_added += 1
+            stats.with_gold += 1
+        else:
+            answer = no_answer(r.prompt)
+            stats.without_gold += 1
+        msgs = rag_messages(r.prompt, hits, max_chars=max_chars, system=r.system)
+        row = {"messages": msgs + [{"role": "assistant", "content": answer}], "source": r.source,
+               "raft": {"gold_shown": show_gold, "passages": [h.label for h in hits]}}
+        out.append(row)
+        stats.raft += 1
+    rng.shuffle(out)
+    return out, stats
+
+
+def build_raft(index: Index, data: str | Path, out: str | Path, **kw) -> RaftStats:
+    """Read ``data`` (any format `lorakit data` reads), write the RAFT mix to ``out`` (JSONL, atomically)."""
+    from lorakit.evaluate.compare import load_eval_records
+    from lorakit.io import write_jsonl
+    records = load_eval_records(data)
+    rows, stats = raft_records(index, records, **kw)
+    if not stats.raft:
+        raise LorakitError("no record has a source (document + article) that names an indexed article, so no RAFT "
+                           "record could be made", file=data, field="source",
+                           hint="Give records with source.document and source.article matching the indexed documents")
+    write_jsonl(out, rows)
+    return stats
