@@ -304,12 +304,16 @@ def perf_cmd(data: Path = typer.Option(..., "--data", "-d", help="Prompts to tim
 def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
                runs_dir: str = typer.Option("runs"),
                name: Optional[str] = typer.Option(None, help="Run folder name (default: quickstart-<time>)."),
-               epochs: float = typer.Option(3.0), max_new_tokens: int = typer.Option(96),
-               eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out questions.")):
-    """The whole lifecycle on the bundled traffic-law demo: pull, check, train, evaluate, report."""
+               epochs: float = typer.Option(1.0), max_new_tokens: int = typer.Option(96),
+               eval_limit: Optional[int] = typer.Option(None, help="Evaluate on the first N held-out questions."),
+               docs: Optional[Path] = typer.Option(None, help="Law texts to index (default: shared/data/laws beside "
+                                                              "the checkout)."),
+               rag: bool = typer.Option(True, "--rag/--no-rag", help="Index the law texts, train on the RAFT mix and "
+                                                                    "compare four ways (else base vs fine-tuned).")):
+    """The whole lifecycle on the bundled traffic-law demo: pull, check, index, train, evaluate, report."""
     from lorakit.quickstart import quickstart as run
     verdict = run(model=model, runs_dir=runs_dir, name=name, epochs=epochs, max_new_tokens=max_new_tokens,
-                  eval_limit=eval_limit, console=console)
+                  eval_limit=eval_limit, docs=docs, rag=rag, console=console)
     if not verdict["improved"]:
         raise typer.Exit(1)
 
