@@ -52,6 +52,18 @@ def friendly(fn):
     return wrapper
 
 
+def _recipe(mode, learned, rewrite, rerank):
+    from lorakit.rag.retrieve import Recipe
+    return Recipe(mode=mode, learned=learned, rewrite=rewrite or None, rerank=rerank)
+
+
+LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the index learned from Q&A records "
+                                                               "(rag index --learn), when it has any.")
+REWRITE_OPT = typer.Option(None, "--rewrite", help="LM query rewriting before the search: answer (a hypothetical "
+                                                   "answer) or terms (legal issues and statute words).")
+RERANK_OPT = typer.Option(0, "--rerank", help="Rerank the top N candidates with the LM (0: off).")
+
+
 # ---------------------------------------------------------------------------- models
 @models_app.command("list")
 @friendly
@@ -324,10 +336,20 @@ def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model
 def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
          adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Adapter or run folder."),
          system: Optional[str] = typer.Option(None, help="System prompt."),
-         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0)):
-    """Chat in the terminal with streaming output (base model, or base + adapter)."""
+         max_new_tokens: int = typer.Option(256), temperature: float = typer.Option(0.0),
+         index_dir: Optional[Path] = typer.Option(None, "--index", help="Answer over passages retrieved from this "
+                                                                       "index (lorakit rag index), with evidence."),
+         k: int = typer.Option(3, "-k", help="Passages shown per question (with --index)."),
+         learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
+    """Chat in the terminal with streaming output (base model, or base + adapter); --index grounds every answer."""
     from lorakit.serve.chat import chat_loop
-    chat_loop(model, adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature, console=console)
+    index = recipe = None
+    if index_dir is not None:
+        from lorakit.rag.index import load_index
+        index = load_index(index_dir)
+        recipe = _recipe(None, learned, rewrite, rerank).resolved(index)
+    chat_loop(model, adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature, console=console,
+              index=index, recipe=recipe, k=k, on_answer=lambda a: show_evidence(a, answer=False))
 
 
 @app.command()
@@ -335,12 +357,21 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
 def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
           adapter: List[str] = typer.Option([], "--adapter", "-a", help="name=path or a run folder; repeat."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
-          max_tokens: int = typer.Option(256, help="Default max_tokens per request.")):
+          max_tokens: int = typer.Option(256, help="Default max_tokens per request."),
+          index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve NAME+rag systems that answer "
+                                                                        "over this index, with evidence."),
+          k: int = typer.Option(3, "-k", help="Passages per grounded answer."), learned: bool = LEARNED_OPT,
+          rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base model and several adapters."""
     import uvicorn
 
     from lorakit.serve.server import Systems, build_app, parse_adapters
-    systems = Systems(model, parse_adapters(adapter), console=console)
+    index = recipe = None
+    if index_dir is not None:
+        from lorakit.rag.index import load_index
+        index = load_index(index_dir)
+        recipe = _recipe(None, learned, rewrite, rerank)
+    systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k)
     console.print(f"serving {', '.join(systems.names)} on http://{host}:{port}/v1")
     uvicorn.run(build_app(systems, default_max_tokens=max_tokens), host=host, port=port, log_level="warning")
 
@@ -394,18 +425,6 @@ def rag_index(docs: List[Path] = typer.Argument(..., help="Markdown/text files o
                f"{meta['learned']['terms']} mapped words)" if meta.get("learned") else "")
     console.print(f"[green]indexed[/] {meta['chunks']} chunks of {len(meta['documents'])} document(s) → {out}: "
                   f"BM25 over {meta['bm25']['vocabulary']} terms, {dense_note}{learned}")
-
-
-def _recipe(mode, learned, rewrite, rerank):
-    from lorakit.rag.retrieve import Recipe
-    return Recipe(mode=mode, learned=learned, rewrite=rewrite or None, rerank=rerank)
-
-
-LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the index learned from Q&A records "
-                                                               "(rag index --learn), when it has any.")
-REWRITE_OPT = typer.Option(None, "--rewrite", help="LM query rewriting before the search: answer (a hypothetical "
-                                                   "answer) or terms (legal issues and statute words).")
-RERANK_OPT = typer.Option(0, "--rerank", help="Rerank the top N candidates with the LM (0: off).")
 
 
 @rag_app.command("search")
@@ -465,14 +484,16 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
     show_evidence(ans)
 
 
-def show_evidence(ans) -> None:
-    """An answer as a person checks it: unsupported figures highlighted, the passages, each citation's status."""
+def show_evidence(ans, *, answer: bool = True) -> None:
+    """An answer as a person checks it: unsupported figures highlighted, the passages, each citation's status.
+    ``answer=False`` when the text was already streamed (chat)."""
     from rich.markup import escape
     text, last = [], 0
     for f in ans.unsupported:
         text += [escape(ans.answer[last:f.start]), f"[bold red on yellow]{escape(ans.answer[f.start:f.end])}[/]"]
         last = f.end
-    console.print("".join(text) + escape(ans.answer[last:]), highlight=False)
+    if answer:
+        console.print("".join(text) + escape(ans.answer[last:]), highlight=False)
     console.print("\n[bold]passages shown[/]")
     for i, h in enumerate(ans.hits, start=1):
         console.print(f"  [{i}] {h.label}", highlight=False)

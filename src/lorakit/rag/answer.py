@@ -165,18 +165,29 @@ def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precis
     retriever = Retriever(index, recipe, (retrieval_lm or (lm, tokenizer, precision)) if recipe.needs_model else None,
                           batch_size=batch_size)
     budget = context_budget(lm, max_new_tokens)
-    prepared = []
-    for q, hits in zip(questions, retriever.search(questions, k)):
-        msgs, shown = fit_messages(tokenizer, q, hits, budget=budget, max_chars=max_chars, system=system)
-        prepared.append((q, msgs, shown))
+    prepared = [(q, *grounded_prompt(tokenizer, q, hits, budget=budget, max_chars=max_chars, system=system))
+                for q, hits in zip(questions, retriever.search(questions, k))]
     texts = generate(lm, tokenizer, [m for _, m, _ in prepared], max_new_tokens=max_new_tokens,
                      batch_size=batch_size, precision=precision)
-    out = []
-    for (q, msgs, shown), text in zip(prepared, texts):
-        cites = citations(text, index.titles)
-        out.append(Answer(q, text, shown, cites, supported(cites, shown), msgs,
-                          unsupported_figures(text, [h.chunk.text for h in shown])))
-    return out
+    return [checked_answer(index, q, text, shown, msgs) for (q, msgs, shown), text in zip(prepared, texts)]
+
+
+def grounded_prompt(tokenizer, question: str, hits: Sequence[Hit], *, budget: int, max_chars: int = 600,
+                    system: str | None = None, history: Sequence[dict] = ()) -> tuple[list[dict], list[Hit]]:
+    """(messages, passages kept): earlier turns of a conversation, then the question over the passages,
+    cut to the prompt budget. Every grounded reply path (ask, eval, chat, server) builds its prompt here."""
+    msgs, shown = fit_messages(tokenizer, question, hits, budget=budget, max_chars=max_chars, system=system)
+    if history:
+        msgs = [m for m in msgs if m["role"] == "system"] + [m for m in history if m["role"] != "system"] + \
+               [m for m in msgs if m["role"] != "system"]
+    return msgs, shown
+
+
+def checked_answer(index: Index, question: str, text: str, shown: Sequence[Hit], prompt: list[dict]) -> Answer:
+    """The answer with its evidence checked: citations against the passages shown, figures against their text."""
+    cites = citations(text, index.titles)
+    return Answer(question, text, list(shown), cites, supported(cites, shown), prompt,
+                  unsupported_figures(text, [h.chunk.text for h in shown]))
 
 
 def ask(index: Index, question: str, *, model: str, adapter: str | Path | None = None, k: int = 3,

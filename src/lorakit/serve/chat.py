@@ -73,8 +73,18 @@ def complete(model, tokenizer, messages: list[dict], *, precision=None, max_new_
 
 
 def chat_loop(model: str, adapter: str | Path | None, *, system: str | None, max_new_tokens: int,
-              temperature: float, console: Console) -> None:
+              temperature: float, console: Console, index=None, recipe=None, k: int = 3, max_chars: int = 600,
+              on_answer=None) -> None:
+    """The terminal chat. With ``index`` every question is answered over the passages retrieved for it (the
+    prompt of `lorakit rag ask`), and ``on_answer(Answer)`` shows its evidence after the reply."""
     m, tok, precision = load_chat_model(model, adapter, console)
+    retriever = budget = None
+    if index is not None:
+        from lorakit.rag.answer import context_budget
+        from lorakit.rag.retrieve import Recipe, Retriever
+        recipe = recipe or Recipe()
+        retriever = Retriever(index, recipe, (m, tok, precision) if recipe.needs_model else None)
+        budget = context_budget(m, max_new_tokens)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     console.print("[dim]Type a question; /reset clears the history, /exit or Ctrl-D quits.[/]")
     while True:
@@ -90,12 +100,21 @@ def chat_loop(model: str, adapter: str | Path | None, *, system: str | None, max
         if text == "/reset":
             history = history[:1] if system else []
             continue
-        history.append({"role": "user", "content": text})
+        prompt = history + [{"role": "user", "content": text}]
+        shown = []
+        if retriever is not None:
+            from lorakit.rag.answer import grounded_prompt
+            hits = retriever.search([text], k)[0]
+            prompt, shown = grounded_prompt(tok, text, hits, budget=budget, max_chars=max_chars, system=system,
+                                            history=history)
         console.print("[bold green]model>[/] ", end="")
         reply = ""
-        for piece in stream_reply(m, tok, history, precision=precision, max_new_tokens=max_new_tokens,
+        for piece in stream_reply(m, tok, prompt, precision=precision, max_new_tokens=max_new_tokens,
                                   temperature=temperature):
             reply += piece
             console.print(piece, end="", highlight=False, markup=False)
         console.print()
-        history.append({"role": "assistant", "content": reply.strip()})
+        if retriever is not None and on_answer is not None:
+            from lorakit.rag.answer import checked_answer
+            on_answer(checked_answer(index, text, reply.strip(), shown, prompt))
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply.strip()}]
