@@ -73,3 +73,28 @@ def test_real_model_answers_from_the_passages(bm25_index):
     assert any(h.chunk.number == 91 and h.chunk.document == LAW for h in ans.hits)
     assert sum("\u4e00" <= c <= "\u9fff" for c in ans.answer) > 10, ans.answer  # answers in Chinese
     assert 91 in {c.number for c in ans.citations}, ans.answer  # and cites the article it was shown
+
+
+def test_zhi_yi_articles_are_their_own_articles():
+    """第一百三十三条之一 (dangerous driving) is not 第一百三十三条 (traffic-accident crime)."""
+    from lorakit.rag.compare import says_no_basis
+    from lorakit.rag.ingest import article_key
+    cites = citations("根据《刑法》第一百三十三条之一，醉驾构成危险驾驶罪；肇事逃逸则看第一百三十三条。", ["中华人民共和国刑法"])
+    assert [c.key for c in cites] == [(133, 1), (133, 0)]
+    assert cites[0].label() == "《中华人民共和国刑法》第133条之1" and cites[0].resolved == "中华人民共和国刑法"
+    assert article_key("第一百三十三条之二") == (133, 2) and article_key("第九十一条") == (91, 0)
+    assert says_no_basis("参考资料中没有能回答这个问题的条文。") and not says_no_basis("根据《道路交通安全法》第九十一条，罚款一千元。")
+
+
+def test_source_of_a_zhi_yi_article_is_one_chunk():
+    from pathlib import Path
+
+    from lorakit.rag.ingest import load_chunks, source_chunks
+    more = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "laws-more" / "criminal_law.md"
+    if not more.is_file():
+        import pytest
+        pytest.skip(f"{more} is not beside the checkout")
+    chunks = load_chunks([more])
+    for label in ("第一百三十三条", "第一百三十三条之一", "第一百三十三条之二"):
+        ids, title, why = source_chunks({"document": "刑法", "article": label}, chunks)
+        assert len(ids) == 1 and chunks[ids[0]].article == label and title == "中华人民共和国刑法", (label, why)

@@ -20,10 +20,10 @@ from typing import Sequence
 from lorakit.data.build import chinese_numeral_to_int
 from lorakit.rag.figures import unsupported_figures
 from lorakit.rag.index import Hit, Index
-from lorakit.rag.ingest import resolve_document
+from lorakit.rag.ingest import chunk_key, resolve_document
 
 _NUM = "零〇一二三四五六七八九十百千两\\d"
-_CITE = re.compile(rf"《([^《》]{{1,60}})》|第\s*([{_NUM}]+)\s*条")
+_CITE = re.compile(rf"《([^《》]{{1,60}})》|第\s*([{_NUM}]+)\s*条(?:之([一二三四五六七八九十\d]+))?")
 
 
 def is_chinese(text: str) -> bool:
@@ -91,9 +91,15 @@ class Citation:
     document: str | None  # the name as written in the answer (None for a bare 第X条 before any 《…》)
     number: int
     resolved: str | None = None  # the indexed title it refers to, when one matches
+    sub: int = 0  # 第133条之一 → 1: an article of its own, not 第133条
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.number, self.sub
 
     def label(self) -> str:
-        return (f"《{self.resolved or self.document}》" if (self.resolved or self.document) else "") + f"第{self.number}条"
+        return ((f"《{self.resolved or self.document}》" if (self.resolved or self.document) else "")
+                + f"第{self.number}条" + (f"之{self.sub}" if self.sub else ""))
 
 
 def citations(text: str, titles: Sequence[str] = ()) -> list[Citation]:
@@ -106,19 +112,20 @@ def citations(text: str, titles: Sequence[str] = ()) -> list[Citation]:
             continue
         try:
             number = chinese_numeral_to_int(m.group(2))
+            sub = chinese_numeral_to_int(m.group(3)) if m.group(3) else 0
         except ValueError:
             continue
-        c = Citation(current, number, resolve_document(current, titles) if current and titles else None)
+        c = Citation(current, number, resolve_document(current, titles) if current and titles else None, sub)
         if c not in out:
             out.append(c)
     return out
 
 
 def supported(cites: Sequence[Citation], hits: Sequence[Hit]) -> list[bool]:
-    """For each citation: is it one of the retrieved passages (same document when it names one, same number)?"""
-    shown = {(h.chunk.document, h.chunk.number) for h in hits}
-    numbers = {h.chunk.number for h in hits}
-    return [((c.resolved, c.number) in shown) if c.document else (c.number in numbers) for c in cites]
+    """For each citation: is it one of the retrieved passages (same document when it names one, same article)?"""
+    shown = {(h.chunk.document, chunk_key(h.chunk)) for h in hits}
+    keys = {chunk_key(h.chunk) for h in hits}
+    return [((c.resolved, c.key) in shown) if c.document else (c.key in keys) for c in cites]
 
 
 # ============================================================================ asking

@@ -18,6 +18,7 @@ retrieved.jsonl.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,22 +32,25 @@ from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
 from lorakit.rag.figures import unsupported_figures
 from lorakit.rag.index import MODES, Index
-from lorakit.rag.ingest import _article_number, resolve_document, source_chunks
+from lorakit.rag.ingest import _article_number, article_key, chunk_key, resolve_document, source_chunks
 
 KS = (1, 3, 5)
 # The metrics of the four-way table, in order; the first eight are `lorakit.evaluate.compare.METRICS`.
 RAG_METRICS = ("loss", "perplexity", "rouge_l", "rouge_1", "bleu_4", "exact_match", "keywords", "citation",
-               "citation_exact", "citation_shown", "citation_known", "unsupported_figures")
+               "citation_exact", "citation_shown", "citation_known", "unsupported_figures", "abstains")
 SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
          "exact_match": "EM", "keywords": "keyw.", "citation": "cite art.", "citation_exact": "cite law+art.",
-         "citation_shown": "cite | shown", "citation_known": "cites exist", "unsupported_figures": "unsupp. fig."}
+         "citation_shown": "cite | shown", "citation_known": "cites exist", "unsupported_figures": "unsupp. fig.",
+         "abstains": "says no basis"}
 HELP = {"citation": "cites the reference's article number",
         "citation_exact": "cites the reference's law and article (《…》第X条, short law names allowed)",
         "citation_shown": "citation_exact over the questions whose source article was among the passages shown to "
                           "the +rag systems (separates retrieval misses from answering misses)",
         "citation_known": "share of the articles cited that exist in the indexed documents",
         "unsupported_figures": "share of answers stating a figure (fine, days, points, years…) that no passage shown "
-                               "states; for a system without retrieval, that its source article does not state"}
+                               "states; for a system without retrieval, that its source article does not state",
+        "abstains": "over the questions whose answer is in no indexed law (source.in_index false, or a law not in "
+                    "the index): share of answers that say the material gives no basis instead of citing one"}
 
 
 # ============================================================================ retrieval
@@ -158,6 +162,24 @@ def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
 
 
 # ============================================================================ citations
+_NO_BASIS = re.compile(r"(没有|未|无|不)[^，。,.]{0,8}(条文|规定|依据|资料|涉及|覆盖|包括)|无法据此|不在[^，。]{0,6}范围"
+                       r"|(do|does) not (answer|cover)|none of the (reference )?passages|no (legal )?basis", re.I)
+
+
+def says_no_basis(answer: str) -> bool:
+    """The answer says the material gives no basis (参考资料中没有…条文, 无法据此…), instead of citing one."""
+    return bool(_NO_BASIS.search(answer or ""))
+
+
+def unanswerable(source: dict | None, index: Index) -> bool:
+    """The record says its answer is in no indexed law, or names a law the index does not hold."""
+    source = source or {}
+    if source.get("in_index") is False:
+        return True
+    return bool(source.get("document")) and resolve_document(source["document"], index.titles) is None
+
+
+
 def citation_exact(prediction: str, source: dict | None, titles: Sequence[str]) -> float | None:
     """1 when the answer cites the reference's law and article, 0 when not, None when the record has no source."""
     source = source or {}
@@ -165,16 +187,17 @@ def citation_exact(prediction: str, source: dict | None, titles: Sequence[str]) 
     want = resolve_document(source.get("document"), titles) or source.get("document")
     if number is None or not want:
         return None
-    return float(any(c.number == number and c.resolved == want for c in citations(prediction, titles)))
+    key = article_key(source.get("article"))
+    return float(any(c.key == key and c.resolved == want for c in citations(prediction, titles)))
 
 
 def citation_known(cites: Sequence[Citation], index: Index) -> float | None:
     """Share of cited articles that exist in the index (a bare 第X条: in any document); None without citations."""
     if not cites:
         return None
-    have = {(c.document, c.number) for c in index.chunks}
-    numbers = {c.number for c in index.chunks}
-    ok = [((c.resolved, c.number) in have) if c.document else (c.number in numbers) for c in cites]
+    have = {(c.document, chunk_key(c)) for c in index.chunks}
+    keys = {chunk_key(c) for c in index.chunks}
+    ok = [((c.resolved, c.key) in have) if c.document else (c.key in keys) for c in cites]
     return sum(ok) / len(ok)
 
 
@@ -299,6 +322,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                 s["citation_shown"] = s["citation_exact"] if seen else None
                 s["citation_known"] = citation_known(citations(ans, titles), index)
                 s["unsupported_figures"] = float(bool(bad))
+                s["abstains"] = float(says_no_basis(ans)) if unanswerable(r.source, index) else None
                 s["unsupported"] = [f.text for f in bad]
                 s["loss"] = lo
                 per.append(s)

@@ -117,6 +117,29 @@ def resolve_document(name: str | None, titles: Iterable[str]) -> str | None:
     return abbreviated[0]
 
 
+_SUB = re.compile(r"条之([一二三四五六七八九十\d]+)")
+
+
+def article_key(article: str | None) -> tuple[int, int] | None:
+    """'第一百三十三条之一' → (133, 1), '第九十一条' → (91, 0): 之一/之二 articles are articles of their own."""
+    number = _article_number(article)
+    if number is None:
+        return None
+    m = _SUB.search(str(article))
+    if not m:
+        return number, 0
+    from lorakit.data.build import chinese_numeral_to_int
+    try:
+        return number, chinese_numeral_to_int(m.group(1))
+    except ValueError:
+        return number, 0
+
+
+def chunk_key(chunk: Chunk) -> tuple[int, int]:
+    """(number, 之N) of a chunk; non-article chunks keep their position as the number."""
+    return article_key(chunk.article) or (chunk.number, 0)
+
+
 def _article_number(article: str | None) -> int | None:
     from lorakit.data.build import chinese_numeral_to_int
     if not article:
@@ -136,13 +159,13 @@ def source_chunks(source: dict | None, chunks: Sequence[Chunk]) -> tuple[list[in
     Why-strings distinguish a record without a source from one whose law is *not in the index* and one whose
     law is indexed but lacks that article."""
     doc, article = (source or {}).get("document"), (source or {}).get("article")
-    number = _article_number(article)
-    if not doc or number is None:
+    key = article_key(article)
+    if not doc or key is None:
         return [], None, "no source.document and source.article"
     title = resolve_document(doc, (c.document for c in chunks))
     if title is None:
         return [], None, f"not in the index: no indexed document is '{doc}'"
-    ids = [i for i, c in enumerate(chunks) if c.document == title and c.number == number]
+    ids = [i for i, c in enumerate(chunks) if c.document == title and chunk_key(c) == key]
     if not ids:
         return [], title, f"'{title}' has no {article}"
     return ids, title, None

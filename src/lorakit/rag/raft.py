@@ -61,7 +61,7 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
     """
     from lorakit.rag.answer import citations, rag_messages
     from lorakit.rag.figures import unsupported_figures
-    from lorakit.rag.ingest import source_chunks
+    from lorakit.rag.ingest import chunk_key, source_chunks
     from lorakit.rag.retrieve import Recipe, Retriever
 
     if k < 1:
@@ -101,7 +101,7 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
         hits = [Hit(i, index.chunks[i], 0.0, p + 1) for p, i in enumerate(picked)]
         answer = r.answer
         if show_gold:
-            if not any(c.resolved == chunk.document and c.number == chunk.number
+            if not any(c.resolved == chunk.document and c.key == chunk_key(chunk)
                        for c in citations(answer, index.titles)):
                 answer = f"根据《{_short_title(chunk.document)}》{chunk.article}，{answer}"
                 stats.cited_added += 1
