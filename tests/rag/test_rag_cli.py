@@ -54,3 +54,49 @@ def test_ask_and_four_way_eval_with_the_tiny_model(bm25_index, tiny_model, tiny_
     assert "tiny-ft+rag" in r.output and "recall@1" in r.output
     assert set(json.loads((out / "rag.json").read_text(encoding="utf-8"))["systems"]) == {
         "base", "base+rag", "tiny-ft", "tiny-ft+rag"}
+
+
+def test_index_with_learn_and_retrieval_only_reports(laws, tmp_path):
+    import pytest
+
+    from lorakit.quickstart import demo_file
+    idx, reports = tmp_path / "idx", tmp_path / "reports"
+    r = run("index", laws, "--out", idx, "--no-dense", "--learn", demo_file("train.jsonl"))
+    assert r.exit_code == 0, r.output
+    learned = json.loads((idx / "meta.json").read_text(encoding="utf-8"))["learned"]
+    assert learned["records"] == 172 and 0 < learned["articles"] <= 172 and learned["terms"] > 0
+    said = " ".join(r.output.split())  # the console may wrap the line
+    assert "indexed 582 chunks of 8 document(s)" in said
+    assert (f"learned from 172 Q&A records ({learned['articles']} articles, {learned['terms']} mapped words)"
+            in said)
+    assert (idx / "learned.json").is_file() and (idx / "bm25_learned.npz").is_file()
+
+    r = run("eval", idx, "--data", demo_eval(), "--retrieval-only", "--out", reports)
+    assert r.exit_code == 0, r.output
+    assert "bm25 + learned" in r.output and "rag.md" in r.output
+    assert sorted(p.name for p in reports.iterdir()) == ["rag.json", "rag.md", "retrieved.jsonl"]
+    report = json.loads((reports / "rag.json").read_text(encoding="utf-8"))
+    ret = report["retrieval"]
+    assert ret["total"] == ret["matched"] == 45 and not ret["unmatched"]
+    assert list(ret["modes"]) == ["bm25", "bm25 + learned"]  # each lever alone, one row per recipe
+    assert ret["modes"]["bm25 + learned"]["recall@5"] > ret["modes"]["bm25"]["recall@5"]
+    assert report["meta"]["n"] == 45 and report["meta"]["model"] is None
+    md = (reports / "rag.md").read_text(encoding="utf-8")
+    rows = [ln for ln in md.splitlines() if ln.startswith("| bm25")]
+    assert [ln.split(" | ")[0] for ln in rows] == ["| bm25", "| bm25 + learned"]
+    assert f"{ret['modes']['bm25 + learned']['recall@5']:.3f}" in rows[1]
+    per = [json.loads(ln) for ln in (reports / "retrieved.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(per) == 45
+    assert per[0]["target"] == "《中华人民共和国道路交通安全法》第九十一条"
+    for row in per:
+        assert row["question"] and row["target"].startswith("《")
+        assert set(row["ranks"]) == {"bm25", "bm25 + learned"}
+        assert all(v is None or v >= 1 for v in row["ranks"].values())
+    found = sum(1 for row in per if row["ranks"]["bm25 + learned"] and row["ranks"]["bm25 + learned"] <= 5)
+    assert found / 45 == pytest.approx(ret["modes"]["bm25 + learned"]["recall@5"])
+
+    r = run("eval", idx, "--data", demo_eval(), "--retrieval-only", "--out", reports, "--rerank", "5", "--model",
+            tmp_path / "no-model")  # an LM lever loads the model first: a missing one is a one-line user error
+    flat = "".join(r.output.split())
+    assert r.exit_code == 2 and "no-model" in flat and "nosuchmodel" in flat
+    assert "Traceback" not in r.output

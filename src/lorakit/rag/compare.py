@@ -4,8 +4,8 @@
 that answers it; recall@k is the share of questions whose chunk is among the first k retrieved, MRR the mean
 of 1/rank. Test sets often write documents by short names, so ``source.document`` is mapped to an indexed
 title by `lorakit.rag.ingest.resolve_document` (equal after normalising, else containment, else the most
-similar title by character bigrams) and the article by its number; a record whose source matches no chunk is
-counted as unmatched and left out of recall (and listed).
+abbreviated title) and the article by its number and 之N; a record whose law is not in the index is never
+matched to the closest-looking title: it is counted as unmatched, listed, and left out of recall.
 
 `rag_compare` loads the base model once, attaches each adapter by name, and runs every system twice: on the
 bare question, and on the question over the same retrieved passages (`lorakit.rag.answer.rag_messages`).

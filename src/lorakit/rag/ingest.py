@@ -80,6 +80,10 @@ def normalize_title(name: str) -> str:
     return text
 
 
+# A name that extends an indexed title with one of these is another instrument (道路交通安全法实施条例 is not the law).
+_OTHER_INSTRUMENT = re.compile(r"(实施条例|实施细则|实施办法|细则|条例|规定|办法|解释|决定)$")
+
+
 def _abbreviates(short: str, title: str) -> bool:
     """``short`` keeps ``title``'s characters in order and ends like it (法, 条例, 规定, 办法, 解释: the kind of
     instrument), the way Chinese abbreviates titles: 道交法 for 道路交通安全法, 记分办法 for …记分管理办法."""
@@ -108,7 +112,8 @@ def resolve_document(name: str | None, titles: Iterable[str]) -> str | None:
     exact = [t for t in titles if norm[t] == want]
     if exact:
         return exact[0]
-    contains = [t for t in titles if want in norm[t] or (norm[t] and norm[t] in want)]
+    contains = [t for t in titles if want in norm[t] or (norm[t] and norm[t] in want
+                                                          and not _OTHER_INSTRUMENT.search(want.replace(norm[t], "", 1)))]
     if contains:
         return min(contains, key=lambda t: abs(len(norm[t]) - len(want)))
     abbreviated = sorted((t for t in titles if norm[t] and _abbreviates(want, norm[t])), key=lambda t: len(norm[t]))

@@ -73,6 +73,7 @@ class Learned:
 def learn(pairs: Sequence[tuple[str, int]], chunks: Sequence[Chunk], *, sources: Sequence[str] = ()) -> Learned:
     """Learn from (question, chunk id) pairs over the indexed ``chunks``."""
     from lorakit.rag.index import passage_text
+    pairs = list(dict.fromkeys(pairs))  # a question repeated in the data (or a file given twice) counts once
     questions: dict[int, list[str]] = defaultdict(list)
     for q, cid in pairs:
         if q not in questions[cid]:
