@@ -79,14 +79,14 @@ def test_points_versus_minutes():
 
 
 def test_percent():
-    assert vu("超过规定时速百分之五十的") == [(50.0, "%")]
+    assert vu("车速比限速高出百分之五十") == [(50.0, "%")]
     assert vu("百分之百") == [(100.0, "%")]
     assert vu("超过50%") == [(50.0, "%")]
 
 
 def test_speed_written_as_kilometres_after_a_speed_word():
-    assert vu("城市道路为每小时30公里") == [(30.0, "公里/小时")]
-    assert vu("最高时速不得超过十五公里") == [(15.0, "公里/小时")]
+    assert vu("在市区路上每小时30公里") == [(30.0, "公里/小时")]
+    assert vu("时速最多十五公里") == [(15.0, "公里/小时")]
     assert vu("考试里程不少于10公里") == [(10.0, "公里")]
 
 
@@ -134,7 +134,7 @@ def test_ordinals_are_not_figures():
 
 def test_law_titles_and_dates_are_not_figures():
     assert figures("《中华人民共和国道路交通安全法（2021年4月29日修正）》") == []
-    assert figures("自2004年5月1日起施行，二〇二一年四月二十九日修正") == []
+    assert figures("2004年5月1日开始实行，二〇二一年四月二十九日改过") == []
     assert figures("4月29日公布") == []
     assert vu("2021年修正，五年内不得重新取得") == [(5.0, "年")]
 
@@ -145,7 +145,7 @@ def test_list_markers_are_not_figures():
 
 def test_no_figures():
     assert figures("") == []
-    assert figures("醉酒驾驶机动车的，吊销机动车驾驶证，依法追究刑事责任。") == []
+    assert figures("醉驾的，驾照吊销，还要追究刑责。") == []
     assert unsupported_figures("醉酒驾驶的，依法追究刑事责任。", ["醉酒驾驶机动车的，依法追究刑事责任"]) == []
 
 
@@ -158,7 +158,7 @@ def test_english_simply():
 
 
 # ------------------------------------------------------------------ support
-PASSAGE = "饮酒后驾驶机动车的，处暂扣六个月机动车驾驶证，并处一千元以上二千元以下罚款；处十五日拘留。"
+PASSAGE = "酒后开车的，驾照暂扣六个月，罚款一千元以上二千元以下；拘留十五日。"
 
 
 @pytest.mark.parametrize("answer", [
@@ -173,7 +173,7 @@ def test_supported_in_another_surface_form(answer):
 
 
 def test_unsupported_are_flagged_in_answer_order():
-    answer = "暂扣六个月驾驶证，并处五百元以上二千元以下罚款，拘留十日，记12分。"
+    answer = "驾照扣六个月，罚五百元以上二千元以下，拘留十日，记12分。"
     flagged = unsupported_figures(answer, [PASSAGE])
     assert texts(flagged) == ["五百元", "十日", "12分"]
     assert [answer[f.start:f.end] for f in flagged] == texts(flagged)
@@ -186,8 +186,8 @@ def test_support_needs_the_same_unit_family():
     assert unsupported_figures("半小时", ["30分钟"]) == []
     assert unsupported_figures("2周", ["14日"]) == []
     assert texts(unsupported_figures("半个月", ["十五日"])) == ["半个月"]  # months are not days
-    assert unsupported_figures("超速50%", ["超过规定时速百分之五十的"]) == []
-    assert unsupported_figures("30公里/小时", ["城市道路为每小时30公里"]) == []
+    assert unsupported_figures("超速50%", ["车速比限速高出百分之五十"]) == []
+    assert unsupported_figures("30公里/小时", ["在市区路上每小时30公里"]) == []
 
 
 def test_any_passage_may_support():
@@ -220,12 +220,12 @@ def test_real_article_91_figures(article_91):
 
 
 def test_real_article_91_supports_a_faithful_answer(article_91):
-    answer = "根据《道路交通安全法》第九十一条，饮酒后驾驶的处暂扣六个月机动车驾驶证，并处一千元以上二千元以下罚款。"
+    answer = "根据《道路交通安全法》第九十一条，喝酒开车第一次被查，驾照扣六个月，另罚一千元以上二千元以下。"
     assert texts(figures(answer)) == ["六个月", "一千元", "二千元"]
     assert unsupported_figures(answer, [article_91]) == []
 
 
 def test_real_article_91_flags_wrong_figures(article_91):
-    answer = ("根据《道路交通安全法》第九十一条，饮酒后驾驶机动车的，处暂扣6个月机动车驾驶证，"
-              "并处罚款二十元至二千元，再次饮酒后驾驶的可拘留三十日，五年内不得重新取得机动车驾驶证。")
+    answer = ("根据《道路交通安全法》第九十一条，喝酒开车的驾照扣6个月，"
+              "罚款二十元至二千元，第二次再犯可拘留三十日，五年里不能再考驾照。")
     assert texts(unsupported_figures(answer, [article_91])) == ["二十元", "三十日"]

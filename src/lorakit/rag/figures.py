@@ -196,7 +196,7 @@ def figures(text: str) -> list[Figure]:
         if n == "半" and unit == "年" and not m.group("half2"):
             value, unit = 6.0, "月"  # 半年 = 六个月
         if unit == "公里" and _SPEED_CUE.search(scan[max(0, start - 12):start]):
-            unit = "公里/小时"  # 每小时30公里, 最高时速不得超过十五公里
+            unit = "公里/小时"  # 每小时30公里, 时速最多十五公里
         toks.append((start, end, value, unit, m))
 
     out: list[Figure] = []

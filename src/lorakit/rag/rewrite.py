@@ -1,6 +1,6 @@
 """Query rewriting by the language model: search with the question plus words the statute would use.
 
-A user asks 喝了酒开车被查到会怎样; the article says 饮酒后驾驶机动车的，处暂扣六个月机动车驾驶证. Two rewrites
+A user asks 喝了酒开车被查到会怎样; the article speaks of 饮酒后驾驶 and 暂扣驾驶证. Two rewrites
 close that gap before the first stage (BM25, dense or hybrid) runs:
 
 * ``answer`` (HyDE, Gao et al. 2022): a short hypothetical answer written in statute language, so the search
