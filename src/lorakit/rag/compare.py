@@ -31,7 +31,7 @@ from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
 from lorakit.rag.figures import unsupported_figures
-from lorakit.rag.index import MODES, Index
+from lorakit.rag.index import MODES, Hit, Index
 from lorakit.rag.ingest import _article_number, article_key, chunk_key, resolve_document, source_chunks
 
 KS = (1, 3, 5)
@@ -115,10 +115,11 @@ def default_recipes(index: Index, lm_levers: bool = False, base: "Recipe | None"
 
 
 def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS, recipes: Sequence | None = None,
-                     lm=None, batch_size: int = 8) -> Retrieval:
+                     lm=None, batch_size: int = 8, known: dict | None = None) -> Retrieval:
     """Recall@k, MRR and seconds per question of each retrieval recipe over records with ``source.document``
     and ``source.article``. A record whose law is not in the index is listed as such, never matched to the
-    closest-looking title, and left out of recall."""
+    closest-looking title, and left out of recall. ``known``: {recipe: (rankings of every record, seconds)}
+    already computed by the caller (so the LM levers do not generate twice)."""
     from lorakit.rag.retrieve import Retriever
     recipes = list(recipes or default_recipes(index))
     ks = tuple(sorted(set(ks)))
@@ -139,9 +140,14 @@ def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
     for recipe in recipes:
         retriever = Retriever(index, recipe, lm, batch_size=batch_size)
         label = retriever.recipe.label()
-        t0 = time.perf_counter()
-        orders = retriever.rankings(asked) if asked else []
-        seconds = (time.perf_counter() - t0) / max(len(asked), 1)
+        if known and retriever.recipe in known:
+            every, total = known[retriever.recipe]
+            orders = [o for o, t in zip(every, targets) if t]
+            seconds = total / max(len(records), 1)
+        else:
+            t0 = time.perf_counter()
+            orders = retriever.rankings(asked) if asked else []
+            seconds = (time.perf_counter() - t0) / max(len(asked), 1)
         ranks = [next((p + 1 for p, (i, _, _) in enumerate(order) if i in want), None)
                  for order, want in zip(orders, wanted)]
         ranks_of[label] = ranks
@@ -268,10 +274,13 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
     recipes = default_recipes(index, lm_levers=levers, base=recipe)
     if recipe not in recipes:
         recipes.append(recipe)
-    with console.status("measuring retrieval…"):
-        retrieval = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size)
+    with console.status("retrieving and measuring retrieval…"):
         retriever = Retriever(index, recipe, lm if recipe.needs_model else None, batch_size=batch_size)
-        hits = retriever.search([r.prompt for r in records], k)
+        t0 = time.perf_counter()
+        ranked = retriever.rankings([r.prompt for r in records])
+        known = {retriever.recipe: (ranked, time.perf_counter() - t0)}
+        hits = [[Hit(i, index.chunks[i], sc, p + 1, rk) for p, (i, sc, rk) in enumerate(order[:k])] for order in ranked]
+        retrieval = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size, known=known)
     models = AdapterSet(base, name_adapters(adapters, reserved=("base", "base+rag")))
     named = models.names
 

@@ -427,7 +427,13 @@ def learn_from_files(files: Sequence[str | Path], chunks: Sequence[Chunk], *,
     from lorakit.rag.learn import learn
     pairs, skipped = [], 0
     for f in files:
-        for r in load_eval_records(f):
+        try:
+            records = load_eval_records(f)
+        except LorakitError as e:
+            raise LorakitError("cannot learn from this file: " + e.message.replace(" to evaluate on", ""), file=f, field="learn",
+                               hint="Give Q&A records with a question, an answer and source.document + source.article"
+                               ) from None
+        for r in records:
             ids, _, _ = source_chunks(r.source, chunks)
             if ids:
                 pairs.append((r.prompt, ids[0]))
