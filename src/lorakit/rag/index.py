@@ -384,7 +384,9 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
                 embeddings[todo] = embed_passages([texts[i] for i in todo], on_progress=step)
     question_embeddings = None
     if embeddings is not None and learned is not None:
-        question_embeddings = np.stack([embed_query(q) for q, _ in learned.question_list()]).astype(np.float32)
+        questions = [q for q, _ in learned.question_list()]
+        question_embeddings = np.concatenate([np.asarray(_e5().query(questions[i:i + 32]), dtype=np.float32)
+                                              .reshape(-1, embeddings.shape[1]) for i in range(0, len(questions), 32)])
 
     counts = Counter(c.file for c in chunks)
     meta = {
