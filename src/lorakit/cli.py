@@ -62,6 +62,9 @@ LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the in
 REWRITE_OPT = typer.Option(None, "--rewrite", help="LM query rewriting before the search: answer (a hypothetical "
                                                    "answer) or terms (legal issues and statute words).")
 RERANK_OPT = typer.Option(0, "--rerank", help="Rerank the top N candidates with the LM (0: off).")
+CITE_OPT = typer.Option(True, "--cite-shown/--cite-free", help="Grounded answers begin by citing one of the passages "
+                                                              "shown (or by saying none answers), enforced while "
+                                                              "decoding; --cite-free lets the model write anything.")
 
 
 # ---------------------------------------------------------------------------- models
@@ -340,7 +343,8 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
          index_dir: Optional[Path] = typer.Option(None, "--index", help="Answer over passages retrieved from this "
                                                                        "index (lorakit rag index), with evidence."),
          k: int = typer.Option(3, "-k", help="Passages shown per question (with --index)."),
-         learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
+         learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+         cite_shown: bool = CITE_OPT):
     """Chat in the terminal with streaming output (base model, or base + adapter); --index grounds every answer."""
     from lorakit.serve.chat import chat_loop
     index = recipe = None
@@ -349,7 +353,8 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
         index = load_index(index_dir)
         recipe = _recipe(None, learned, rewrite, rerank).resolved(index)
     chat_loop(model, adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature, console=console,
-              index=index, recipe=recipe, k=k, on_answer=lambda a: show_evidence(a, answer=False))
+              index=index, recipe=recipe, k=k, on_answer=lambda a: show_evidence(a, answer=False),
+              cite_shown=cite_shown)
 
 
 @app.command()
@@ -361,7 +366,7 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
           index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve NAME+rag systems that answer "
                                                                         "over this index, with evidence."),
           k: int = typer.Option(3, "-k", help="Passages per grounded answer."), learned: bool = LEARNED_OPT,
-          rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
+          rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, cite_shown: bool = CITE_OPT):
     """OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base model and several adapters."""
     import uvicorn
 
@@ -371,7 +376,8 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
         from lorakit.rag.index import load_index
         index = load_index(index_dir)
         recipe = _recipe(None, learned, rewrite, rerank)
-    systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k)
+    systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k,
+                      cite_shown=cite_shown)
     console.print(f"serving {', '.join(systems.names)} on http://{host}:{port}/v1")
     uvicorn.run(build_app(systems, default_max_tokens=max_tokens), host=host, port=port, log_level="warning")
 
@@ -472,7 +478,8 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
             mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
             max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
             max_new_tokens: int = typer.Option(256), system: Optional[str] = typer.Option(None),
-            learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT):
+            learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+            cite_shown: bool = CITE_OPT):
     """Answer a question from the index with the base model or an adapter, citing 《…》第X条."""
     from lorakit.rag.answer import ask
     from lorakit.rag.index import load_index
@@ -480,7 +487,7 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
     with console.status(f"loading {model}…"):
         ans = ask(index, question, model=model, adapter=adapter, k=k, mode=mode, max_chars=max_chars,
                   max_new_tokens=max_new_tokens, system=system, recipe=_recipe(mode, learned, rewrite, rerank),
-                  console=console)
+                  console=console, cite_shown=cite_shown)
     show_evidence(ans)
 
 
@@ -550,7 +557,7 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              levers: bool = typer.Option(False, "--levers", help="Also measure the LM levers (query rewriting, "
                                                                  "reranking) alone; loads the model."),
              learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
-             system_prompt: Optional[str] = typer.Option(None)):
+             cite_shown: bool = CITE_OPT, system_prompt: Optional[str] = typer.Option(None)):
     """Base / base+RAG / fine-tuned / fine-tuned+RAG on one test set, with retrieval recall@k and citations."""
     from lorakit.rag.compare import default_recipes, rag_compare, retrieval_recall, write_retrieval_reports
     from lorakit.rag.index import load_index
@@ -575,7 +582,7 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
         return
     rc = rag_compare(index, data, model=model, adapters=adapter, out_dir=out, k=k, mode=mode, max_chars=max_chars,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit, system_prompt=system_prompt,
-                     recipe=recipe, levers=levers, console=console)
+                     recipe=recipe, levers=levers, cite_shown=cite_shown, console=console)
     console.print(rc.retrieval.table())
     hit, known = rc.shown_share()
     if known:

@@ -98,3 +98,25 @@ def test_source_of_a_zhi_yi_article_is_one_chunk():
     for label in ("第一百三十三条", "第一百三十三条之一", "第一百三十三条之二"):
         ids, title, why = source_chunks({"document": "刑法", "article": label}, chunks)
         assert len(ids) == 1 and chunks[ids[0]].article == label and title == "中华人民共和国刑法", (label, why)
+
+
+def test_citations_held_to_the_passages_shown(bm25_index, tiny_model):
+    """With --cite-shown (the default) a grounded answer begins by citing a passage shown or by saying none
+    answers, whatever the (random) model would rather write; --cite-free leaves it alone."""
+    from lorakit.evaluate.generate import generate
+    from lorakit.models import load_model, load_tokenizer, pick_precision
+    from lorakit.rag.answer import answer_starts, no_answer
+    tok = load_tokenizer(tiny_model)
+    model = load_model(tiny_model, pick_precision(requested="fp32"))
+    qs = ["醉酒驾驶机动车要承担什么责任", "What happens to a drunk driver?", "闯红灯扣几分"]
+    hits = [bm25_index.search(q, 3, "bm25") for q in (qs[0], qs[0], qs[2])]  # Chinese passages for all three
+    starts = [answer_starts(q, h) for q, h in zip(qs, hits)]
+    assert starts[0][:3] == [f"根据{h.label}" for h in hits[0]] and no_answer(qs[0]).startswith(starts[0][3])
+    assert starts[1][0] == f"According to {hits[1][0].label}" and no_answer(qs[1]).startswith(starts[1][3])
+    convs = [rag_messages(q, h) for q, h in zip(qs, hits)]
+    held = generate(model, tok, convs, max_new_tokens=40, batch_size=2, starts=starts)
+    for text, allowed in zip(held, starts):
+        assert any(text.startswith(s) for s in allowed), text
+    free = generate(model, tok, convs, max_new_tokens=40, batch_size=2)
+    assert not all(any(t.startswith(s) for s in a) for t, a in zip(free, starts))  # random model: it would not
+    assert generate(model, tok, convs, max_new_tokens=40, batch_size=2, starts=[None] * 3) == free

@@ -15,9 +15,61 @@ def autocast_ctx(model, precision):
     return contextlib.nullcontext()
 
 
+class AllowedStarts:
+    """A logits processor that makes each answer begin with one of its row's allowed strings, then lets it go.
+
+    Constrained decoding (as grammars do in llama.cpp or outlines) over a token trie of the strings: while the
+    tokens generated so far are a proper prefix of some allowed start, only the tokens that continue one are
+    allowed; the model still picks among them by its own logits, so which start it takes is its choice. A row
+    whose starts are None is left alone. Used by grounded answers: their citation must be one of the passages
+    shown (`lorakit.rag.answer.answer_starts`).
+    """
+
+    def __init__(self, tokenizer, starts: Sequence[Sequence[str] | None], prompt_len: int):
+        self.prompt_len = prompt_len
+        self.tries: list[tuple[dict, set] | None] = []
+        for row in starts:
+            if not row:
+                self.tries.append(None)
+                continue
+            nxt: dict[tuple, set] = {}
+            ends: set[tuple] = set()
+            for text in row:
+                ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+                for i in range(len(ids)):
+                    nxt.setdefault(ids[:i], set()).add(ids[i])
+                ends.add(ids)
+            self.tries.append((nxt, ends))
+
+    def __call__(self, input_ids, scores):
+        import torch
+        for row, trie in enumerate(self.tries):
+            if trie is None:
+                continue
+            done = tuple(input_ids[row, self.prompt_len:].tolist())
+            nxt, ends = trie
+            allowed = None if done in ends else nxt.get(done)
+            if allowed:
+                keep = torch.tensor(sorted(allowed), device=scores.device)
+                masked = torch.full_like(scores[row], float("-inf"))
+                masked[keep] = scores[row, keep]
+                scores[row] = masked
+        return scores
+
+
+def start_processors(tokenizer, starts, prompt_len: int):
+    """generate() keyword arguments for ``starts`` (one list of allowed starts per row, or None)."""
+    if not starts or not any(starts):
+        return {}
+    from transformers import LogitsProcessorList
+    return {"logits_processor": LogitsProcessorList([AllowedStarts(tokenizer, starts, prompt_len)])}
+
+
 def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
-             batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy answers for each message list (left-padded batches, stop at the end-of-turn token)."""
+             batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None,
+             starts: Sequence[Sequence[str] | None] | None = None) -> list[str]:
+    """Greedy answers for each message list (left-padded batches, stop at the end-of-turn token).
+    ``starts``: per conversation, the strings its answer must begin with one of (`AllowedStarts`), or None."""
     import torch
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -32,10 +84,12 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
             idx = order[start:start + batch_size]
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items()}
+            width = enc["input_ids"].shape[1]
+            extra = start_processors(tokenizer, [starts[i] for i in idx] if starts else None, width)
             with torch.no_grad(), autocast_ctx(model, precision):
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for row, i in zip(gen[:, enc["input_ids"].shape[1]:], idx):
+                                     pad_token_id=tokenizer.pad_token_id, **extra)
+            for row, i in zip(gen[:, width:], idx):
                 out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             if on_batch:
                 on_batch(len(idx))

@@ -59,6 +59,32 @@ def rag_messages(question: str, hits: Sequence[Hit], *, max_chars: int = 600,
     return msgs + [{"role": "user", "content": content}]
 
 
+NO_ANSWER_ZH = "参考资料中没有能回答这个问题的条文，我无法据此给出有依据的答复，建议查阅相关法规原文或向交通管理部门咨询。"
+NO_ANSWER_EN = ("None of the reference passages answers this question, so I cannot give a grounded answer; "
+                "please check the relevant regulations or ask the traffic authority.")
+
+
+def no_answer(question: str) -> str:
+    """What a grounded answer says when no passage shown answers the question (in the question's language)."""
+    return NO_ANSWER_ZH if is_chinese(question) else NO_ANSWER_EN
+
+
+def citation_start(question: str, hit: Hit) -> str:
+    """How a grounded answer that rests on ``hit`` begins: 根据《document》第X条 (According to … in English)."""
+    return f"根据{hit.label}" if is_chinese(question) else f"According to {hit.label}"
+
+
+def answer_starts(question: str, hits: Sequence[Hit]) -> list[str]:
+    """The ways a grounded answer may begin when citations are held to the passages shown: citing one of them
+    (`citation_start`), or saying that none answers the question (the first words of `no_answer`). Given to
+    `lorakit.evaluate.generate.AllowedStarts`, they make a cited article the model was not shown impossible at
+    the start of an answer; the model still chooses which passage by its own logits."""
+    if not hits:
+        return []
+    refusal = no_answer(question)
+    return [citation_start(question, h) for h in hits] + [refusal[:7] if is_chinese(question) else refusal[:28]]
+
+
 def fit_messages(tokenizer, question: str, hits: Sequence[Hit], *, budget: int, max_chars: int = 600,
                  system: str | None = None) -> tuple[list[dict], list[Hit]]:
     """`rag_messages` cut to at most ``budget`` prompt tokens: drop the last passages, then shorten the first."""
@@ -162,10 +188,11 @@ def load_generator(model: str, adapter: str | Path | None = None, *, console=Non
 
 def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precision=None, k: int = 3,
                 mode: str | None = None, max_chars: int = 600, max_new_tokens: int = 256, batch_size: int = 8,
-                system: str | None = None, recipe=None, retrieval_lm=None) -> list[Answer]:
+                system: str | None = None, recipe=None, retrieval_lm=None, cite_shown: bool = True) -> list[Answer]:
     """Retrieve for each question, generate answers in batches with an already loaded model, check citations.
     ``recipe`` (`lorakit.rag.retrieve.Recipe`) picks the passages; its LM levers use ``retrieval_lm`` (model,
-    tokenizer, precision), by default the answering model itself."""
+    tokenizer, precision), by default the answering model itself. ``cite_shown``: the answer must begin by
+    citing a passage shown or by saying none answers (`answer_starts`)."""
     from lorakit.evaluate.generate import generate
     from lorakit.rag.retrieve import Recipe, Retriever
     recipe = recipe or Recipe(mode=mode)
@@ -174,8 +201,9 @@ def answer_with(index: Index, questions: Sequence[str], lm, tokenizer, *, precis
     budget = context_budget(lm, max_new_tokens)
     prepared = [(q, *grounded_prompt(tokenizer, q, hits, budget=budget, max_chars=max_chars, system=system))
                 for q, hits in zip(questions, retriever.search(questions, k))]
+    starts = [answer_starts(q, shown) for q, _, shown in prepared] if cite_shown else None
     texts = generate(lm, tokenizer, [m for _, m, _ in prepared], max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, precision=precision)
+                     batch_size=batch_size, precision=precision, starts=starts)
     return [checked_answer(index, q, text, shown, msgs) for (q, msgs, shown), text in zip(prepared, texts)]
 
 
@@ -199,7 +227,7 @@ def checked_answer(index: Index, question: str, text: str, shown: Sequence[Hit],
 
 def ask(index: Index, question: str, *, model: str, adapter: str | Path | None = None, k: int = 3,
         mode: str | None = None, max_chars: int = 600, max_new_tokens: int = 256, system: str | None = None,
-        recipe=None, console=None) -> Answer:
+        recipe=None, console=None, cite_shown: bool = True) -> Answer:
     """One question answered from the index by the base model or base + adapter."""
     from lorakit.errors import LorakitError
     from lorakit.rag.retrieve import Recipe
@@ -208,4 +236,5 @@ def ask(index: Index, question: str, *, model: str, adapter: str | Path | None =
         raise LorakitError("the question is empty", field="question")
     lm, tokenizer, precision = load_generator(model, adapter, console=console)
     return answer_with(index, [question], lm, tokenizer, precision=precision, k=k, max_chars=max_chars,
-                       max_new_tokens=max_new_tokens, batch_size=1, system=system, recipe=recipe)[0]
+                       max_new_tokens=max_new_tokens, batch_size=1, system=system, recipe=recipe,
+                       cite_shown=cite_shown)[0]

@@ -244,17 +244,18 @@ class RagComparison:
 def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, k: int = 3, mode: str | None = None, max_chars: int = 600,
                 max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None,
-                system_prompt: str | None = None, recipe=None, levers: bool = False,
+                system_prompt: str | None = None, recipe=None, levers: bool = False, cite_shown: bool = True,
                 console: Console | None = None) -> RagComparison:
     """The four-way comparison. ``recipe`` (`lorakit.rag.retrieve.Recipe`, default: ``mode`` with what the index
-    learned) picks the passages shown; ``levers`` also measures LM query rewriting and reranking alone."""
+    learned) picks the passages shown; ``levers`` also measures LM query rewriting and reranking alone;
+    ``cite_shown``: the +rag systems' answers begin by citing a passage shown (`lorakit.rag.answer.answer_starts`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lorakit.evaluate.compare import Comparison, SystemResult, load_eval_records, name_adapters
     from lorakit.evaluate.generate import answer_loss, generate, perplexity
     from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
     from lorakit.models.load import AdapterSet, set_threads
-    from lorakit.rag.answer import context_budget, fit_messages
+    from lorakit.rag.answer import answer_starts, context_budget, fit_messages
 
     from lorakit.rag.retrieve import Recipe, Retriever
 
@@ -302,6 +303,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                         meta={"model": model, "model_path": str(path), "data": str(data), "n": len(records),
                               "max_new_tokens": max_new_tokens, "precision": precision.why,
                               "index": str(index.path), "mode": mode, "retrieval": recipe.label(), "k": k,
+                              "citations": "held to the passages shown" if cite_shown else "free",
                               "max_chars": max_chars,
                               "adapters": [str(a) for a in adapters]})
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -310,13 +312,15 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
             task = prog.add_task(f"generating: {name}", total=len(records))
             active, ctx = models.use(adapter)
             prompts = rag if use_rag else plain
+            starts = [answer_starts(r.prompt, used) for r, used in zip(records, shown)] if use_rag and cite_shown \
+                else None
             full = [p + [{"role": "assistant", "content": r.answer}] for p, r in zip(prompts, records)]
             t0 = time.perf_counter()
             with ctx:
                 loss, per_loss = answer_loss(active, tokenizer, full, precision=precision, batch_size=batch_size,
                                              max_length=budget + max_new_tokens + 1024)
                 answers = generate(active, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   precision=precision, on_batch=lambda n, t=task: prog.advance(t, n))
+                                   precision=precision, on_batch=lambda n, t=task: prog.advance(t, n), starts=starts)
             seconds = time.perf_counter() - t0
             per = []
             for r, ans, lo, seen, used in zip(records, answers, per_loss, target_shown, shown):

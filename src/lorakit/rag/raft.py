@@ -15,17 +15,14 @@ laid out exactly as `lorakit rag ask` shows them (`lorakit.rag.answer.rag_messag
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from lorakit.errors import LorakitError
+from lorakit.rag.answer import is_chinese
 from lorakit.rag.index import Hit, Index
-
-NO_ANSWER_ZH = "参考资料中没有能回答这个问题的条文，我无法据此给出有依据的答复，建议查阅相关法规原文或向交通管理部门咨询。"
-NO_ANSWER_EN = ("None of the reference passages answers this question, so I cannot give a grounded answer; "
-                "please check the relevant regulations or ask the traffic authority.")
-
 
 @dataclass
 class RaftStats:
@@ -42,13 +39,25 @@ class RaftStats:
         return {k: (v if not isinstance(v, list) else len(v)) for k, v in self.__dict__.items()}
 
 
-def _short_title(title: str) -> str:
-    return title[len("中华人民共和国"):] if title.startswith("中华人民共和国") and len(title) > 8 else title
+# A leading citation of the record's own answer (根据《道路交通安全法》第九十一条，…), replaced by the passage's label.
+_LEADING_CITE = re.compile(r"^\s*(根据|依据|按照)?\s*《[^《》]{1,60}》\s*第[零〇一二三四五六七八九十百千两\d]+条(之[一二三四五六七八九十\d]+)?"
+                           r"(的规定)?\s*[，,：:]?\s*")
 
 
-def no_answer(question: str) -> str:
-    from lorakit.rag.answer import is_chinese
-    return NO_ANSWER_ZH if is_chinese(question) else NO_ANSWER_EN
+def grounded_answer(question: str, answer: str, hit: Hit, titles: Sequence[str]) -> tuple[str, bool]:
+    """``answer`` as a grounded answer resting on ``hit``: it begins with `citation_start` (the passage's label as
+    shown, so that the answer's first words point at a passage), replacing the record's own leading citation
+    of the same article. Returns (answer, whether a citation was added that the record did not have)."""
+    from lorakit.rag.answer import citation_start, citations
+    from lorakit.rag.ingest import chunk_key
+    start = citation_start(question, hit) + ("，" if is_chinese(question) else ", ")
+    m = _LEADING_CITE.match(answer)
+    if m:
+        lead = citations(m.group(0), titles)
+        if lead and lead[0].resolved == hit.chunk.document and lead[0].key == chunk_key(hit.chunk):
+            return start + answer[m.end():], False
+    cited = any(c.resolved == hit.chunk.document and c.key == chunk_key(hit.chunk) for c in citations(answer, titles))
+    return start + answer, not cited
 
 
 def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float = 0.8, seed: int = 0,
@@ -59,9 +68,9 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
     Distractors come from the first ``distractor_pool`` results of ``recipe`` (default: the index's default
     mode without learned data, so a training question does not find itself), minus the source article.
     """
-    from lorakit.rag.answer import citations, rag_messages
+    from lorakit.rag.answer import no_answer, rag_messages
     from lorakit.rag.figures import unsupported_figures
-    from lorakit.rag.ingest import chunk_key, source_chunks
+    from lorakit.rag.ingest import source_chunks
     from lorakit.rag.retrieve import Recipe, Retriever
 
     if k < 1:
@@ -99,12 +108,9 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
         if show_gold:
             picked.insert(rng.randrange(len(picked) + 1), gold)
         hits = [Hit(i, index.chunks[i], 0.0, p + 1) for p, i in enumerate(picked)]
-        answer = r.answer
         if show_gold:
-            if not any(c.resolved == chunk.document and c.key == chunk_key(chunk)
-                       for c in citations(answer, index.titles)):
-                answer = f"根据《{_short_title(chunk.document)}》{chunk.article}，{answer}"
-                stats.cited_added += 1
+            answer, added = grounded_answer(r.prompt, r.answer, hits[picked.index(gold)], index.titles)
+            stats.cited_added += added
             stats.with_gold += 1
         else:
             answer = no_answer(r.prompt)

@@ -41,7 +41,7 @@ class Systems:
     """The loaded base model with its named adapters, and the switch between them."""
 
     def __init__(self, model: str, adapters: dict[str, str | Path], console=None, *, index=None, recipe=None,
-                 k: int = 3):
+                 k: int = 3, cite_shown: bool = True):
         from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
         from lorakit.models.load import AdapterSet, set_threads
         set_threads()
@@ -55,7 +55,7 @@ class Systems:
         self.tokenizer = load_tokenizer(path)
         self.models = AdapterSet(load_model(path, self.precision), adapters)
         plain = [self.base_name] + self.models.names
-        self.index, self.k, self.retriever = index, k, None
+        self.index, self.k, self.retriever, self.cite_shown = index, k, None, cite_shown
         if index is not None:
             from lorakit.rag.retrieve import Recipe, Retriever
             recipe = (recipe or Recipe()).resolved(index)
@@ -88,6 +88,13 @@ class Systems:
         prompt, shown = grounded
         ev = checked_answer(self.index, messages[-1]["content"], text, shown, prompt).evidence()
         return {k: v for k, v in ev.items() if k not in ("question", "answer")}
+
+    def starts(self, messages: list[dict], shown) -> list[str] | None:
+        """How a grounded reply may begin (citing a passage shown, or saying none answers), or None."""
+        if shown is None or not self.cite_shown:
+            return None
+        from lorakit.rag.answer import answer_starts
+        return answer_starts(messages[-1]["content"], shown)
 
 
 def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
@@ -122,7 +129,8 @@ def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
                     prompt, shown = systems.ground(req.model, messages, model, max_tokens)
                     state["grounded"] = (prompt, shown) if shown is not None else None
                     yield from stream_reply(model, systems.tokenizer, prompt, precision=systems.precision,
-                                            max_new_tokens=max_tokens, temperature=req.temperature)
+                                            max_new_tokens=max_tokens, temperature=req.temperature,
+                                            starts=systems.starts(messages, shown))
 
         def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
             body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
@@ -148,7 +156,7 @@ def build_app(systems: Systems, *, default_max_tokens: int = 256) -> FastAPI:
                 prompt, shown = systems.ground(req.model, messages, model, max_tokens)
                 text, prompt_tokens, completion_tokens, finish = complete(
                     model, systems.tokenizer, prompt, precision=systems.precision, max_new_tokens=max_tokens,
-                    temperature=req.temperature)
+                    temperature=req.temperature, starts=systems.starts(messages, shown))
         body = {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": finish}],
