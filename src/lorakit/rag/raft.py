@@ -62,11 +62,12 @@ def grounded_answer(question: str, answer: str, hit: Hit, titles: Sequence[str])
 
 def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float = 0.8, seed: int = 0,
                  max_chars: int = 600, distractor_pool: int = 8, keep_plain: bool = True,
-                 recipe=None) -> tuple[list[dict], RaftStats]:
+                 plain_share: float = 1.0, recipe=None) -> tuple[list[dict], RaftStats]:
     """RAFT records (messages format, with ``source`` and a ``raft`` note) for ``records`` over ``index``.
 
     Distractors come from the first ``distractor_pool`` results of ``recipe`` (default: the index's default
     mode without learned data, so a training question does not find itself), minus the source article.
+    ``plain_share``: the share of plain question-only records kept (a seeded draw), when ``keep_plain``.
     """
     from lorakit.rag.answer import no_answer, rag_messages
     from lorakit.rag.figures import unsupported_figures
@@ -78,7 +79,10 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
     if not 0.0 <= p_gold <= 1.0:
         raise LorakitError(f"the share of records with the source article shown must be within 0..1 (got {p_gold})",
                            field="p_gold")
-    rng = random.Random(seed)
+    if not 0.0 <= plain_share <= 1.0:
+        raise LorakitError(f"the share of plain records kept must be within 0..1 (got {plain_share})",
+                           field="plain_share")
+    rng, keep = random.Random(seed), random.Random(seed + 1)
     retriever = Retriever(index, recipe or Recipe(learned=False))
     stats = RaftStats(records=len(records))
     out: list[dict] = []
@@ -88,7 +92,7 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
         base = {"messages": r.prompt_messages() + [{"role": "assistant", "content": r.answer}]}
         if r.source:
             base["source"] = r.source
-        if keep_plain:
+        if keep_plain and keep.random() < plain_share:
             out.append(base)
             stats.plain += 1
         ids, title, _ = source_chunks(r.source, index.chunks)
