@@ -279,21 +279,35 @@ def train(ctx: typer.Context,
 # ---------------------------------------------------------------------------- eval
 @app.command("eval")
 @friendly
-def eval_cmd(data: Path = typer.Option(..., "--data", "-d", help="Held-out set (any supported format)."),
+def eval_cmd(data: Optional[Path] = typer.Option(None, "--data", "-d", help="Held-out set (any supported format)."),
+             general: bool = typer.Option(False, "--general", help="Also (or, without --data, only) measure what "
+                                          "fine-tuning cost outside the domain: the shipped general probe."),
              model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
              adapter: List[Path] = typer.Option([], "--adapter", "-a", help="Adapter or run folder; repeat for "
                                                                            "several."),
-             out: Path = typer.Option(Path("runs/eval"), "--out", help="Folder for eval.html, eval.md, eval.json."),
+             out: Path = typer.Option(Path("runs/eval"), "--out", help="Folder for eval.html, eval.md, eval.json "
+                                                                       "(and general.md, general.json)."),
              no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
              max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
              system_prompt: Optional[str] = typer.Option(None)):
-    """Compare the base model and one or more adapters on a held-out set: loss, ROUGE, BLEU, keywords, citations."""
-    from lorakit.evaluate.compare import compare
-    cmp = compare(model, adapter, data, out_dir=out, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                  limit=limit, include_base=not no_base, system_prompt=system_prompt, console=console)
-    console.print(cmp.table())
-    console.print(f"report: {out / 'eval.html'} and {out / 'eval.md'}")
+    """Compare the base model and one or more adapters on a held-out set: loss, ROUGE, BLEU, keywords, citations;
+    with --general, also general accuracy (95 % CI), general-text loss shift and open answers side by side."""
+    if data is None and not general:
+        raise LorakitError("nothing to evaluate: give --data (a held-out set), --general (the general probe), or "
+                           "both", field="data")
+    if data is not None:
+        from lorakit.evaluate.compare import compare
+        cmp = compare(model, adapter, data, out_dir=out, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                      limit=limit, include_base=not no_base, system_prompt=system_prompt, console=console)
+        console.print(cmp.table())
+        console.print(f"report: {out / 'eval.html'} and {out / 'eval.md'}")
+    if general:
+        from lorakit.evaluate.general import general_compare
+        rep = general_compare(model, adapter, out_dir=out, include_base=not no_base, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens, console=console)
+        console.print(rep.table())
+        console.print(f"general report: {out / 'general.md'} (open answers side by side) and {out / 'general.json'}")
 
 
 @app.command("perf")
@@ -324,11 +338,13 @@ def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model
                docs: Optional[Path] = typer.Option(None, help="Law texts to index (default: shared/data/laws beside "
                                                               "the checkout)."),
                rag: bool = typer.Option(True, "--rag/--no-rag", help="Index the law texts, train on the RAFT mix and "
-                                                                    "compare four ways (else base vs fine-tuned).")):
+                                                                    "compare four ways (else base vs fine-tuned)."),
+               general: bool = typer.Option(True, "--general/--no-general", help="Also run the general probe: what "
+                                            "the fine-tune cost outside the domain (about 3 min on 2 cores).")):
     """The whole lifecycle on the bundled traffic-law demo: pull, check, index, train, evaluate, report."""
     from lorakit.quickstart import quickstart as run
     verdict = run(model=model, runs_dir=runs_dir, name=name, epochs=epochs, max_new_tokens=max_new_tokens,
-                  eval_limit=eval_limit, docs=docs, rag=rag, console=console)
+                  eval_limit=eval_limit, docs=docs, rag=rag, general=general, console=console)
     if not verdict["improved"]:
         raise typer.Exit(1)
 

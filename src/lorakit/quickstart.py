@@ -1,7 +1,8 @@
 """`lorakit quickstart`: the whole lifecycle on the bundled demo data, composed of the stage functions.
 
 pull the model → check the data → index the law texts (learning from the training Q&A) → write the RAFT mix
-→ train a LoRA adapter on it → compare base / base + RAG / fine-tuned / fine-tuned + RAG → report.
+→ train a LoRA adapter on it → compare base / base + RAG / fine-tuned / fine-tuned + RAG → measure what the
+fine-tune cost outside the domain (the general probe) → report.
 Nothing here is demo-only: each step is the function its own command calls. The law texts are not bundled
 (lorakit ships only its own words): the quickstart indexes ``--docs``, by default the ``shared/data/laws``
 folder found beside the checkout; without one it trains on the plain records and compares base vs fine-tuned.
@@ -57,7 +58,7 @@ def demo_index(docs: Path, train_file: Path, *, console: Console):
 
 def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, epochs: float = 1.0,
                max_new_tokens: int = 96, eval_limit: int | None = None, docs: str | Path | None = None,
-               rag: bool = True, console: Console) -> dict:
+               rag: bool = True, general: bool = True, console: Console) -> dict:
     from lorakit.config import TrainConfig
     from lorakit.data.check import check
     from lorakit.io import write_json, write_text
@@ -135,6 +136,12 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, e
         show.add_row(cmp.questions[i], *[s.answers[i] for s in cmp.systems])
     console.print(show)
 
+    general_report = None
+    if general:  # what the fine-tune cost outside the domain, on the shipped probe
+        from lorakit.evaluate.general import general_compare
+        general_report = general_compare(model, [result.adapter_dir], out_dir=run_dir / "eval", console=console)
+        console.print(general_report.table("general ability outside the domain: base vs fine-tuned"))
+
     def pick(metric):
         return {s.name: s.summary.get(metric) for s in cmp.systems}
 
@@ -143,6 +150,8 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, e
         "improved": tuned.summary["rouge_l"] > base.summary["rouge_l"] and tuned.summary["loss"] < base.summary["loss"],
         "train": result.summary,
     }
+    if general_report is not None:
+        verdict["general"] = general_report.to_dict()["systems"]
     if index is not None:
         verdict["citation_exact"] = pick("citation_exact")
         verdict["unsupported_figures"] = pick("unsupported_figures")
@@ -151,12 +160,14 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, e
         verdict["rag_improved"] = bool(tuned_rag and (tuned_rag.summary.get("citation_exact") or 0)
                                        > (systems["base+rag"].summary.get("citation_exact") or 0))
     write_json(run_dir / "quickstart.json", verdict)
-    write_text(run_dir / "report.md", report_file.read_text(encoding="utf-8"))
+    write_text(run_dir / "report.md", report_file.read_text(encoding="utf-8")
+               + ("\n" + general_report.to_markdown() if general_report is not None else ""))
     ask = (f"  lorakit rag ask {index.path} \"喝了酒开车被查到会怎么处罚？\" --adapter {run_dir}\n" if index is not None
            else "")
     console.print(Panel.fit(
         f"run folder: {run_dir}\n"
-        f"  config.yaml · adapter/ · metrics.jsonl · loss.png · summary.json · eval/eval.html · report.md\n\n"
+        f"  config.yaml · adapter/ · metrics.jsonl · loss.png · summary.json · eval/eval.html · report.md"
+        + (" · eval/general.md" if general_report is not None else "") + "\n\n"
         f"next:\n{ask}"
         f"  lorakit train --dry-run --data {data} --model {model}   # see the loss mask\n"
         f"  lorakit eval --model {model} --adapter {run_dir} --data {eval_file}\n"

@@ -1,0 +1,299 @@
+"""What fine-tuning cost outside the domain: a general-ability probe shipped with lorakit, base versus each adapter.
+
+Three measurements that know nothing of the domain, all from files lorakit wrote in its own words
+(``lorakit/general/``):
+
+1. 210 multiple-choice items in Chinese and English (everyday knowledge, arithmetic, reading comprehension,
+   common sense, instruction following), scored by the log-likelihood of each option as the model's answer:
+   no generation, so the probe is fast and deterministic. The prompt is run once per item and its key/value
+   cache is shared by the options.
+2. The loss on a short general text (the same per-token loss as training, over plain text).
+3. A handful of open instructions (an email, a translation, a list) answered greedily, shown side by side.
+
+A domain fine-tune that damages what the model knew shows up here as lost accuracy, a higher general loss,
+or answers that drift into the domain.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from lorakit.errors import LorakitError
+
+LETTERS = "ABCDEFGH"
+CATEGORIES = ("knowledge", "arithmetic", "reading", "commonsense", "instruction")
+ASK = {"en": "Answer with the letter of the correct option.", "zh": "请回答正确选项的字母。"}
+
+
+def general_file(name: str) -> Path:
+    return Path(str(resources.files("lorakit") / "general" / name))
+
+
+# ---------------------------------------------------------------------------------------------- the material
+@dataclass(frozen=True)
+class Item:
+    id: str
+    category: str
+    lang: str
+    question: str
+    options: tuple[str, ...]
+    answer: int  # index of the one right option
+
+    def messages(self) -> list[dict]:
+        """The question with its lettered options, as a user turn."""
+        lines = [self.question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(self.options)] + [ASK[self.lang]]
+        return [{"role": "user", "content": "\n".join(lines)}]
+
+    def replies(self) -> list[str]:
+        """Each option as the model would answer it: its letter and its text."""
+        return [f"{LETTERS[i]}. {o}" for i, o in enumerate(self.options)]
+
+
+def load_items(path: str | Path | None = None) -> list[Item]:
+    """The probe's items; a malformed line names its file, line and field."""
+    path = Path(path) if path else general_file("items.jsonl")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            item = Item(id=row["id"], category=row["category"], lang=row["lang"], question=row["question"],
+                        options=tuple(row["options"]), answer=int(row["answer"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise LorakitError(f"not a probe item ({type(e).__name__}: {e})", file=path, line=n,
+                               hint="Each line: {id, category, lang, question, options: [...], answer: index}") from None
+        if item.lang not in ASK or not 2 <= len(item.options) <= len(LETTERS) or \
+                not 0 <= item.answer < len(item.options):
+            raise LorakitError(f"item {item.id}: lang must be en or zh, 2 to {len(LETTERS)} options and answer an "
+                               "index among them", file=path, line=n, field="answer")
+        items.append(item)
+    return items
+
+
+def load_open(path: str | Path | None = None) -> list[dict]:
+    """The open instructions: {id, lang, prompt}."""
+    path = Path(path) if path else general_file("open.jsonl")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_text(path: str | Path | None = None) -> list[str]:
+    """The general text, one paragraph per blank-line-separated block."""
+    path = Path(path) if path else general_file("text.md")
+    return [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def reply_logprobs(model, tokenizer, messages: Sequence[dict], replies: Sequence[str], *, precision=None) -> list[float]:
+    """Summed log-probability of each reply as the assistant's answer to ``messages``.
+
+    The prompt (chat template + generation prompt) runs once; its key/value cache is repeated for the replies,
+    which run as one right-padded batch. Equal, within float error, to scoring each full sequence alone
+    (tests check this on a tiny model)."""
+    import torch
+
+    from lorakit.data.tokenize import render
+    from lorakit.evaluate.generate import autocast_ctx
+    device = next(model.parameters()).device
+    prompt = tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    with torch.no_grad(), autocast_ctx(model, precision):
+        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = out.cache
+        cache.batch_repeat_interleave(len(rows))
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        att = torch.tensor([[1] * len(prompt) + [1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        logits = model(input_ids=ids, attention_mask=att, cache=cache, use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+    scores = []
+    for b, r in enumerate(rows):
+        s = first[r[0]].item()
+        for t in range(1, len(r)):
+            s += logp[b, t - 1, r[t]].item()
+        scores.append(s)
+    return scores
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion k/n (sensible at small n and near 0 or 1, unlike k/n ± 2σ)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class GeneralSystem:
+    name: str
+    chosen: list[int]  # option picked per item
+    correct: list[bool]
+    text_loss: float  # mean loss per token over the general text
+    answers: list[str]  # to the open instructions
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else float("nan")
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson(sum(self.correct), len(self.correct))
+
+
+@dataclass
+class GeneralReport:
+    items: list[Item]
+    open: list[dict]
+    systems: list[GeneralSystem] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> GeneralSystem | None:
+        return next((s for s in self.systems if s.name == "base"), None)
+
+    def groups(self) -> dict[str, list[int]]:
+        """Item indices per category and per language."""
+        out: dict[str, list[int]] = {}
+        for i, it in enumerate(self.items):
+            out.setdefault(it.category, []).append(i)
+        for i, it in enumerate(self.items):
+            out.setdefault(it.lang, []).append(i)
+        return out
+
+    def row(self, s: GeneralSystem) -> dict:
+        """One system's figures, with the shift against the base model when it was measured."""
+        lo, hi = s.ci
+        d = {"accuracy": s.accuracy, "ci95": [lo, hi], "n": len(s.correct), "text_loss": s.text_loss,
+             "seconds": round(s.seconds, 1),
+             "by_group": {g: sum(s.correct[i] for i in idx) / len(idx) for g, idx in self.groups().items()}}
+        base = self.base
+        if base is not None and base is not s:
+            d["accuracy_shift"] = s.accuracy - base.accuracy
+            d["text_loss_shift"] = s.text_loss - base.text_loss
+            d["lost"] = sum(1 for b, a in zip(base.correct, s.correct) if b and not a)
+            d["gained"] = sum(1 for b, a in zip(base.correct, s.correct) if a and not b)
+        return d
+
+    def table(self, title: str = "general ability (outside the domain)") -> Table:
+        t = Table(title=title)
+        for col, just in (("system", "left"), ("accuracy [95 % CI]", "right"), ("Δ acc.", "right"),
+                          ("right→wrong / wrong→right", "right"), *((g, "right") for g in self.groups()),
+                          ("text loss", "right"), ("Δ loss", "right")):
+            t.add_column(col, justify=just)
+        for s in self.systems:
+            r = self.row(s)
+            shift = lambda k, fmt: fmt.format(r[k]) if k in r else "–"  # noqa: E731
+            t.add_row(s.name, f"{r['accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]",
+                      shift("accuracy_shift", "{:+.3f}"),
+                      f"{r['lost']} / {r['gained']}" if "lost" in r else "–",
+                      *(f"{v:.2f}" for v in r["by_group"].values()), f"{s.text_loss:.3f}",
+                      shift("text_loss_shift", "{:+.3f}"))
+        return t
+
+    def to_dict(self) -> dict:
+        return {"meta": self.meta, "systems": {s.name: self.row(s) for s in self.systems}}
+
+    def to_markdown(self) -> str:
+        groups = list(self.groups())
+        lines = [f"# General ability: {self.meta.get('model')}", "",
+                 f"{len(self.items)} multiple-choice items (Chinese and English: {', '.join(CATEGORIES)}), each "
+                 "scored by the log-likelihood of every option as the model's answer (chance is 25 %); the loss "
+                 f"on a general text of {self.meta.get('text_paragraphs')} paragraphs; {len(self.open)} open "
+                 f"instructions answered greedily (at most {self.meta.get('max_new_tokens')} new tokens). "
+                 f"{self.meta.get('precision')}.", "",
+                 "| system | accuracy | 95 % CI | Δ accuracy | right→wrong / wrong→right | "
+                 + " | ".join(groups) + " | text loss | Δ loss |",
+                 "|---" * (7 + len(groups)) + "|"]
+        for s in self.systems:
+            r = self.row(s)
+            lines.append(f"| {s.name} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} | "
+                         + (f"{r['accuracy_shift']:+.3f} | {r['lost']} / {r['gained']}" if "lost" in r else "– | –")
+                         + " | " + " | ".join(f"{r['by_group'][g]:.2f}" for g in groups)
+                         + f" | {s.text_loss:.3f} | "
+                         + (f"{r['text_loss_shift']:+.3f}" if "text_loss_shift" in r else "–") + " |")
+        lines += ["", "## Open instructions, side by side", ""]
+        for i, o in enumerate(self.open):
+            lines += [f"### {i + 1}. {o['prompt']}", ""]
+            for s in self.systems:
+                lines.append(f"- **{s.name}**: " + s.answers[i].replace("\n", " ↵ "))
+            lines.append("")
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- the flow
+def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str | Path | None = None,
+                    include_base: bool = True, max_new_tokens: int = 96, batch_size: int = 8,
+                    limit: int | None = None, console: Console | None = None,
+                    on_item: Callable[[], None] | None = None) -> GeneralReport:
+    """Base and each adapter on the shipped probe; ``limit`` takes every k-th item (all categories stay)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lorakit.evaluate.compare import name_adapters
+    from lorakit.evaluate.generate import answer_loss, generate
+    from lorakit.models import load_model, load_tokenizer, pick_precision, resolve
+    from lorakit.models.load import AdapterSet, set_threads
+
+    console = console or Console(stderr=True)
+    items, opens, text = load_items(), load_open(), load_text()
+    if limit and limit < len(items):
+        step = len(items) / limit
+        items = [items[int(i * step)] for i in range(limit)]
+    set_threads()
+    path = resolve(model, console=console)
+    tokenizer = load_tokenizer(path)
+    precision = pick_precision()
+    models = AdapterSet(load_model(path, precision), name_adapters(adapters))
+    report = GeneralReport(items=items, open=opens,
+                           meta={"model": model, "model_path": str(path), "items": len(items),
+                                 "text_paragraphs": len(text), "max_new_tokens": max_new_tokens,
+                                 "precision": precision.why})
+    plain = [[{"role": "assistant", "content": p}] for p in text]  # plain text: every token is scored
+    runs = (["base"] if include_base else []) + models.names
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as prog:
+        for name in runs:
+            task = prog.add_task(f"general probe: {name}", total=len(items) + len(opens))
+            active, ctx = models.use(None if name == "base" else name)
+            t0 = time.perf_counter()
+            with ctx:
+                chosen = []
+                for it in items:
+                    scores = reply_logprobs(active, tokenizer, it.messages(), it.replies(), precision=precision)
+                    chosen.append(max(range(len(scores)), key=scores.__getitem__))
+                    prog.advance(task)
+                    if on_item:
+                        on_item()
+                loss, _ = answer_loss(active, tokenizer, plain, precision=precision, batch_size=batch_size)
+                answers = generate(active, tokenizer, [[{"role": "user", "content": o["prompt"]}] for o in opens],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision,
+                                   on_batch=lambda n, t=task: prog.advance(t, n))
+            report.systems.append(GeneralSystem(name, chosen, [c == it.answer for c, it in zip(chosen, items)],
+                                                loss, answers, time.perf_counter() - t0))
+    if out_dir:
+        write_general_reports(report, Path(out_dir))
+    return report
+
+
+def write_general_reports(report: GeneralReport, out_dir: Path) -> None:
+    """general.md (the table and the open answers side by side), general.json, general_items.jsonl."""
+    from lorakit.io import write_json, write_jsonl, write_text
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "general.json", report.to_dict())
+    write_jsonl(out_dir / "general_items.jsonl",
+                [{"id": it.id, "category": it.category, "lang": it.lang, "answer": LETTERS[it.answer],
+                  **{s.name: LETTERS[s.chosen[i]] for s in report.systems}} for i, it in enumerate(report.items)])
+    write_text(out_dir / "general.md", report.to_markdown())
