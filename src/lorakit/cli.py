@@ -208,6 +208,34 @@ def data_split(file: Path = typer.Argument(..., help="Dataset to split (any supp
     console.print(f"{res.groups} groups (largest {res.largest_group} records) kept whole across the split")
 
 
+@data_app.command("replay")
+@friendly
+def data_replay(model: str = typer.Option(..., "--model", "-m", help="The base model the adapter will be trained on "
+                                                                     "(preset, HF folder or .gguf)."),
+                n: int = typer.Option(..., "--n", help="How many records to write."),
+                out: Path = typer.Option(Path("data/replay.jsonl"), "--out", "-o", help="JSONL to write."),
+                seed: int = typer.Option(0, help="Seed for the prompts (same seed and --n: same prompts)."),
+                max_new_tokens: int = typer.Option(256, help="Longest answer; a cut answer keeps its full sentences."),
+                batch_size: int = typer.Option(8), system: Optional[str] = typer.Option(None, help="System prompt.")):
+    """Self-distillation records: the base model answers shipped general prompts; mix them into training with
+    `replay: {data: FILE, ratio: 0.2}` so the adapter keeps the base's behaviour outside the domain."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lorakit.data.replay import replay
+    with Progress(TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("", total=n)
+        res = replay(model, out, n=n, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     system=system, console=console,
+                     on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"[green]wrote[/] {res.records} replay records to {res.path}"
+                  + (f" ({res.resumed} resumed)" if res.resumed else "")
+                  + (f"; {res.trimmed} cut at {max_new_tokens} tokens kept up to their last full sentence"
+                     if res.trimmed else "")
+                  + (f"; {res.dropped} dropped (no usable answer)" if res.dropped else ""))
+    console.print(f"mix it in: lorakit train CONFIG.yaml --replay.data {res.path} --replay.ratio 0.2")
+
+
 # ---------------------------------------------------------------------------- doctor
 @app.command()
 @friendly

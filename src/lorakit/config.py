@@ -23,6 +23,13 @@ class LoraSettings(Strict):
     rslora: bool = False
 
 
+class ReplaySettings(Strict):
+    """General records mixed into the domain data so the adapter keeps the base's behaviour outside the domain."""
+    data: str = Field(..., description="replay records, e.g. from `lorakit data replay --model BASE --n N`")
+    ratio: float = Field(0.2, gt=0, le=10, description="replay records per domain training record (0.2: one in "
+                                                       "five; all of the file when it holds fewer)")
+
+
 class TrainConfig(Strict):
     """Everything one training run needs. Defaults are the CPU-friendly ones `doctor` recommends."""
 
@@ -31,6 +38,7 @@ class TrainConfig(Strict):
     eval_data: str | None = None
     eval_ratio: float = Field(0.0, ge=0, lt=1, description="hold out this share of `data` when no eval_data")
     system_prompt: str | None = None
+    replay: ReplaySettings | None = None
     runs_dir: str = "runs"
     name: str | None = None
 

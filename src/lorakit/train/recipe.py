@@ -67,7 +67,8 @@ def run_name(cfg: TrainConfig) -> str:
 
 
 def load_records(cfg: TrainConfig):
-    """Read and validate training (and eval) records; errors name file and line, before any model is loaded."""
+    """Read and validate training (and eval, and replay) records; errors name file and line, before any model is
+    loaded. Returns (train records with the replay mixed in, eval records, how many replay records went in)."""
     import random
 
     from lorakit.data.formats import read_records
@@ -94,7 +95,11 @@ def load_records(cfg: TrainConfig):
         held = set(order[:max(1, int(len(train) * cfg.eval_ratio))])
         evals = [c for i, c in enumerate(train) if i in held]
         train = [c for i, c in enumerate(train) if i not in held]
-    return train, evals
+    replayed = 0
+    if cfg.replay:  # mixed in after the split: the held-out loss stays the domain's alone
+        from lorakit.data.replay import mix_replay
+        train, replayed = mix_replay(train, read(cfg.replay.data), cfg.replay.ratio, cfg.seed)
+    return train, evals, replayed
 
 
 def encode(records, tokenizer, cfg: TrainConfig) -> Encoded:
@@ -264,7 +269,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             raise LorakitError("tensorboard: true needs the tensorboard package", field="tensorboard",
                                hint="pip install tensorboard, or leave it off: metrics.jsonl and loss.png are "
                                     "always written")
-    train_recs, eval_recs = load_records(cfg)
+    train_recs, eval_recs, replayed = load_records(cfg)
 
     # 2. model reference → folder, tokenizer, chat template, end-of-turn token
     from lorakit.models import load_tokenizer, pick_precision, resolve
@@ -286,7 +291,8 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
 
     if dry_run:
         from lorakit.doctor import estimate
-        say(f"[bold]{len(enc.rows)}[/] training records, {len(eval_recs)} eval records; model {model_path}")
+        say(f"[bold]{len(enc.rows)}[/] training records{f' (of them {replayed} replay)' if replayed else ''}, "
+            f"{len(eval_recs)} eval records; model {model_path}")
         say(f"precision: {precision.why}")
         for i, row in enumerate(enc.rows[:2]):
             say(f"\n[bold]example {i + 1}[/] ({len(row['input_ids'])} tokens, "
@@ -422,7 +428,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": peak_memory_mb(precision.device),
             "precision": precision.why, "world_size": world_size(),
-            "records": {"train": len(enc.rows), "eval": len(eval_recs)},
+            "records": {"train": len(enc.rows), "eval": len(eval_recs), "replay": replayed},
             "lengths": lengths, "supervised_tokens": supervised, "truncated": enc.truncated,
             "answer_cut": enc.answer_cut,
             "resumed_from": str(resume_from) if resume_from else None,
