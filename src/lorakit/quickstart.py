@@ -139,7 +139,8 @@ def quickstart(*, model: str, runs_dir: str = "runs", name: str | None = None, e
     general_report = None
     if general:  # what the fine-tune cost outside the domain, on the shipped probe
         from lorakit.evaluate.general import general_compare
-        general_report = general_compare(model, [result.adapter_dir], out_dir=run_dir / "eval", console=console)
+        general_report = general_compare(model, [result.adapter_dir], out_dir=run_dir / "eval",
+                                         max_new_tokens=max_new_tokens, console=console)
         console.print(general_report.table("general ability outside the domain: base vs fine-tuned"))
 
     def pick(metric):

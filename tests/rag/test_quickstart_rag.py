@@ -9,7 +9,7 @@ from lorakit.quickstart import quickstart
 def test_quickstart_with_documents_trains_on_raft_and_compares_four_ways(tmp_path, small_laws):
     console = Console(file=open(tmp_path / "log.txt", "w"), width=160)  # noqa: SIM115
     verdict = quickstart(model="tiny-random", runs_dir=str(tmp_path / "runs"), name="qs", epochs=0.1,
-                         max_new_tokens=8, eval_limit=6, docs=small_laws, console=console)
+                         max_new_tokens=8, eval_limit=6, docs=small_laws, general=False, console=console)
     run = tmp_path / "runs" / "qs"
     for f in ("raft.jsonl", "adapter/adapter_config.json", "eval/rag.md", "eval/rag.json", "eval/eval.html",
               "eval/retrieved.jsonl", "report.md", "quickstart.json"):

@@ -6,7 +6,7 @@ Three measurements that know nothing of the domain, all from files lorakit wrote
 1. 210 multiple-choice items in Chinese and English (everyday knowledge, arithmetic, reading comprehension,
    common sense, instruction following), scored by the log-likelihood of each option as the model's answer:
    no generation, so the probe is fast and deterministic. The prompt is run once per item and its key/value
-   cache is shared by the options.
+   cache is shared by the options; the tokens every prompt begins with are run once per system.
 2. The loss on a short general text (the same per-token loss as training, over plain text).
 3. A handful of open instructions (an email, a translation, a list) answered greedily, shown side by side.
 
@@ -92,30 +92,67 @@ def load_text(path: str | Path | None = None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def reply_logprobs(model, tokenizer, messages: Sequence[dict], replies: Sequence[str], *, precision=None) -> list[float]:
-    """Summed log-probability of each reply as the assistant's answer to ``messages``.
+def prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Token ids of the chat template applied to ``messages``, ending with the assistant's generation prompt."""
+    from lorakit.data.tokenize import render
+    return tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
 
-    The prompt (chat template + generation prompt) runs once; its key/value cache is repeated for the replies,
-    which run as one right-padded batch. Equal, within float error, to scoring each full sequence alone
-    (tests check this on a tiny model)."""
+
+@dataclass
+class SharedPrefix:
+    """The key/value cache of the tokens every item's prompt begins with (the default system prompt and the
+    user-turn header), computed once per system instead of once per item."""
+    ids: list[int]
+    cache: object
+
+
+def shared_prefix(model, prompts: Sequence[list[int]], *, precision=None) -> SharedPrefix | None:
     import torch
 
-    from lorakit.data.tokenize import render
+    from lorakit.evaluate.generate import autocast_ctx
+    n = min(len(p) for p in prompts) - 1  # every item keeps at least one token of its own
+    for i in range(max(0, n)):
+        if len({p[i] for p in prompts}) > 1:
+            n = i
+            break
+    if n <= 0:
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast_ctx(model, precision):
+        out = model(input_ids=torch.tensor([prompts[0][:n]], device=device), use_cache=True, logits_to_keep=1)
+    return SharedPrefix(list(prompts[0][:n]), out.cache)
+
+
+def reply_logprobs(model, tokenizer, prompt: list[int], replies: Sequence[str], *, precision=None,
+                   prefix: SharedPrefix | None = None) -> list[float]:
+    """Summed log-probability of each reply as the assistant's answer after the ``prompt`` token ids.
+
+    The prompt runs once (after the shared prefix's cached tokens, when given); its key/value cache is repeated
+    for the replies, which run as one right-padded batch. Equal, within float error, to scoring each full
+    sequence alone (tests check this on a tiny model)."""
+    import copy
+
+    import torch
+
     from lorakit.evaluate.generate import autocast_ctx
     device = next(model.parameters()).device
-    prompt = tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
     rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id
+    reuse = prefix is not None and prompt[:len(prefix.ids)] == prefix.ids
     with torch.no_grad(), autocast_ctx(model, precision):
-        out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True)
+        # logits of the last prompt position only: the 152k-entry head over every position would cost a quarter
+        # of the pass
+        out = model(input_ids=torch.tensor([prompt[len(prefix.ids):] if reuse else prompt], device=device),
+                    cache=copy.deepcopy(prefix.cache) if reuse else None, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         cache = out.cache
         cache.batch_repeat_interleave(len(rows))
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
         att = torch.tensor([[1] * len(prompt) + [1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        logits = model(input_ids=ids, attention_mask=att, cache=cache, use_cache=False).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logits = model(input_ids=ids[:, :-1], attention_mask=att[:, :-1], cache=cache, use_cache=False).logits \
+            if width > 1 else None  # the last reply token's own logits are never needed
+        logp = torch.log_softmax(logits.float(), dim=-1) if logits is not None else None
     scores = []
     for b, r in enumerate(rows):
         s = first[r[0]].item()
@@ -262,6 +299,7 @@ def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str 
                                  "text_paragraphs": len(text), "max_new_tokens": max_new_tokens,
                                  "precision": precision.why})
     plain = [[{"role": "assistant", "content": p}] for p in text]  # plain text: every token is scored
+    prompts = [prompt_ids(tokenizer, it.messages()) for it in items]
     runs = (["base"] if include_base else []) + models.names
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as prog:
@@ -271,8 +309,10 @@ def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str 
             t0 = time.perf_counter()
             with ctx:
                 chosen = []
-                for it in items:
-                    scores = reply_logprobs(active, tokenizer, it.messages(), it.replies(), precision=precision)
+                prefix = shared_prefix(active, prompts, precision=precision)
+                for it, prompt in zip(items, prompts):
+                    scores = reply_logprobs(active, tokenizer, prompt, it.replies(), precision=precision,
+                                            prefix=prefix)
                     chosen.append(max(range(len(scores)), key=scores.__getitem__))
                     prog.advance(task)
                     if on_item:
