@@ -49,6 +49,8 @@ def test_replay_writes_records_and_resumes(tiny_model, tmp_path):
     assert rows[0]["messages"] == [{"role": "user", "content": prompts[0]["prompt"]},
                                    {"role": "assistant", "content": "A kept answer."}]
     assert all(r["source"]["replay"] and r["source"]["seed"] == 0 for r in rows)
+    from lorakit.data.formats import read_records
+    assert len(read_records(out)) == res.records  # what train reads back
 
 
 def test_training_mixes_replay_in(tiny_model, tmp_path):

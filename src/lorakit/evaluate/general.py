@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -274,8 +274,7 @@ class GeneralReport:
 # ---------------------------------------------------------------------------------------------- the flow
 def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str | Path | None = None,
                     include_base: bool = True, max_new_tokens: int = 96, batch_size: int = 8,
-                    limit: int | None = None, console: Console | None = None,
-                    on_item: Callable[[], None] | None = None) -> GeneralReport:
+                    limit: int | None = None, console: Console | None = None) -> GeneralReport:
     """Base and each adapter on the shipped probe; ``limit`` takes every k-th item (all categories stay)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -315,8 +314,6 @@ def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str 
                                             prefix=prefix)
                     chosen.append(max(range(len(scores)), key=scores.__getitem__))
                     prog.advance(task)
-                    if on_item:
-                        on_item()
                 loss, _ = answer_loss(active, tokenizer, plain, precision=precision, batch_size=batch_size)
                 answers = generate(active, tokenizer, [[{"role": "user", "content": o["prompt"]}] for o in opens],
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision,
