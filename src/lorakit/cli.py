@@ -397,6 +397,31 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                   + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
 
 
+# ---------------------------------------------------------------------------- board
+@app.command()
+@friendly
+def board(folder: Path = typer.Option(Path("."), "--dir", help="Folder the board works in: data files, runs/, "
+                                                               "evals/, exports/ (nothing outside it is touched)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+          port: int = typer.Option(7860),
+          token: Optional[str] = typer.Option(None, envvar="LORAKIT_BOARD_TOKEN",
+                                              help="Password for the page (required with a non-loopback --host; "
+                                                   "default: a new random token each start)."),
+          model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m",
+                                    help="Base model the forms start with.")):
+    """The whole lifecycle in a local web page: data, train (live curves, stop/resume), evaluate, chat, export."""
+    import uvicorn
+
+    from lorakit.board.app import board_token, build_board
+    if not folder.is_dir():
+        raise LorakitError("not a folder", file=folder, field="dir")
+    secret = board_token(host, token)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"lorakit board over {folder.resolve()}: open [bold]http://{shown}:{port}/?token={secret}[/]",
+                  highlight=False, soft_wrap=True)
+    uvicorn.run(build_board(folder, token=secret, model=model), host=host, port=port, log_level="warning")
+
+
 # ---------------------------------------------------------------------------- rag
 rag_app = typer.Typer(help="Index documents and answer from them with citations; compare base / RAG / fine-tuned.",
                       no_args_is_help=True)
