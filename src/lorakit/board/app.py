@@ -80,6 +80,11 @@ class Board:
             raise LorakitError("not found", file=path, field=field)
         return full
 
+    def source(self, spec: str | None, field: str) -> tuple[Path, str | None]:
+        """A data file the page named, and the dataset_info.json entry after '#' (``info.json#name``)."""
+        path, _, entry = (spec or "").partition("#")
+        return self.inside(path, field), entry or None
+
     def rel(self, path: Path) -> str:
         path = Path(path).resolve()
         return str(path.relative_to(self.root)) if self.root in path.parents or path == self.root else str(path)
@@ -104,11 +109,22 @@ class Board:
                             encoding="utf-8")))})
                     elif depth < 4 and p.name not in SKIP_DIRS and not (p / "config.json").exists():
                         walk(p, depth + 1)
+                elif p.name == "dataset_info.json":
+                    data.extend(f"{self.rel(p)}#{name}" for name in registered(p))
                 elif p.suffix.lower() in DATA_SUFFIXES and p.name not in ("meta.json", "summary.json"):
                     data.append(self.rel(p))
 
         walk(self.root, 0)
         return {"data": data, "indexes": indexes, "exports": exports}
+
+
+def registered(info: Path) -> list[str]:
+    """The datasets a LLaMA-Factory dataset_info.json registers (none when it cannot be read as one)."""
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    return [k for k, v in data.items() if isinstance(v, dict)] if isinstance(data, dict) else []
 
 
 # ---------------------------------------------------------------------------------------------- request bodies
@@ -205,8 +221,8 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
 
     @app.exception_handler(LorakitError)
     async def user_error(request: Request, e: LorakitError):
-        return JSONResponse({"error": e.render(), "field": e.field, "file": e.file, "line": e.line},
-                            status_code=400)
+        return JSONResponse({"error": e.render(), "field": e.field, "file": e.file, "line": e.line,
+                             "fields": {e.field: e.render()} if e.field else {}}, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, e: RequestValidationError):
@@ -263,14 +279,14 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
         from lorakit.data.check import check
         from lorakit.data.formats import messages_row
         from lorakit.data.report import histogram_png
-        path = board.inside(req.file, "file")
+        path, dataset = board.source(req.file, "file")
         tokenizer = None
         if req.model:
             from lorakit.models import load_tokenizer, resolve
             tokenizer = load_tokenizer(resolve(req.model, console=quiet_console()))
         rep = check(path, fmt=req.format or None, tokenizer=tokenizer, model=req.model or None,
                     eval_path=board.inside(req.eval_file, "eval_file") if req.eval_file else None,
-                    near_threshold=req.threshold)
+                    near_threshold=req.threshold, dataset=dataset)
         by_line = {r.source.get("line"): i for i, r in enumerate(rep.records)}
         records = {}
         for f in rep.findings:
@@ -280,7 +296,7 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
         with tempfile.TemporaryDirectory() as d:
             png = histogram_png(rep, Path(d) / "lengths.png").read_bytes()
         out = rep.to_dict()
-        out["file"] = board.rel(path)
+        out["file"] = req.file
         out["records"] = {str(k): v for k, v in records.items()}
         out["histogram"] = base64.b64encode(png).decode()
         return out
@@ -288,16 +304,17 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
     @app.post("/api/data/convert")
     def data_convert(req: ConvertReq):
         from lorakit.data.formats import read_records, write_records
-        records = read_records(board.inside(req.file, "file"), req.format or None)
+        path, dataset = board.source(req.file, "file")
+        records = read_records(path, req.format or None, dataset=dataset)
         out = write_records(board.inside(req.out, "out", must_exist=False), records, req.to)
         return {"records": len(records), "out": board.rel(out), "to": req.to}
 
     @app.post("/api/data/split")
     def data_split(req: SplitReq):
         from lorakit.data.split import parse_share, split
-        res = split(board.inside(req.file, "file"), board.inside(req.out_dir, "out_dir", must_exist=False),
-                    eval=parse_share(req.eval, "eval"), test=parse_share(req.test, "test"), seed=req.seed,
-                    fmt=req.to)
+        path, dataset = board.source(req.file, "file")
+        res = split(path, board.inside(req.out_dir, "out_dir", must_exist=False), eval=parse_share(req.eval, "eval"),
+                    test=parse_share(req.test, "test"), seed=req.seed, fmt=req.to, dataset=dataset)
         return {"paths": {k: board.rel(v) for k, v in res.paths.items()}, "sizes": res.sizes,
                 "groups": res.groups, "largest_group": res.largest_group}
 

@@ -330,6 +330,8 @@ function watch(name) {
     $("#watch-max").textContent = st.max_steps ?? "?";
     $("#watch-eta").textContent = st.state === "running" ? fmtS(st.eta_s) : "–";
     $("#watch-error").textContent = st.error || "";
+    const cell = document.querySelector(`#runs tr[data-run="${CSS.escape(name)}"] td.num`);
+    if (cell) cell.textContent = `${st.step}${st.max_steps ? " / " + st.max_steps : ""}`;
     const row = STATE.runs.find((r) => r.name === name);
     if (!row || row.state !== st.state) refresh();
   });
