@@ -146,3 +146,35 @@ def test_eta_follows_the_current_process():
 def test_chat_before_a_model_is_loaded_says_so(client):
     r = client.post("/llm/v1/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "你好"}]})
     assert r.status_code == 400 and "no model loaded" in r.json()["error"]
+
+
+def finished(client, view, limit_s: float = 120):
+    """Poll a job until it is done (bounded), as the page does."""
+    deadline = time.time() + limit_s
+    while view["state"] in ("queued", "running"):
+        assert time.time() < deadline, f"job {view['kind']} still {view['state']} after {limit_s} s"
+        time.sleep(0.2)
+        view = client.get(f"/api/jobs/{view['id']}").json()
+    return view
+
+
+def test_build_with_progress_and_the_four_way_comparison(workspace, trained_run):
+    c = TestClient(build_board(workspace, token=TOKEN, model=str(workspace / "models" / "tiny")))
+    c.cookies.set("lorakit_board", TOKEN)
+    view = finished(c, c.post("/api/data/build", json={"docs": ["docs/parking.md"], "out": "data/built.jsonl",
+                                                        "templates": 1}).json())
+    assert view["state"] == "done" and view["result"]["chunks"] == 4 and view["result"]["records"] == 4
+    # a local model writing pairs reports progress per batch of chunks (the tiny model's pairs are noise)
+    view = finished(c, c.post("/api/data/build", json={"docs": ["docs/parking.md"], "out": "data/built-lm.jsonl",
+                                                        "templates": 1, "model": "models/tiny", "pairs": 1,
+                                                        "batch_size": 2, "max_new_tokens": 8}).json())
+    assert view["state"] == "done", view["error"]
+    assert view["progress"]["done"] == view["progress"]["total"] == 4 and view["result"]["failed_chunks"] == 4
+    bad = finished(c, c.post("/api/data/build", json={"docs": ["docs"], "out": "data/x.jsonl"}).json())
+    assert bad["state"] == "failed" and bad["error"] and not (workspace / "data" / "x.jsonl").exists()
+    view = finished(c, c.post("/api/eval", json={"adapters": ["cli-run"], "data": "data/eval.jsonl",
+                                                  "index": "index", "limit": 2, "max_new_tokens": 4}).json())
+    assert view["state"] == "done", view["error"]
+    assert list(view["result"]["systems"]) == ["base", "base+rag", "cli-run", "cli-run+rag"]
+    assert (workspace / view["result"]["report"]).exists()
+    assert c.post("/api/eval", json={"data": "data/eval.jsonl", "include_base": False}).json()["field"] == "adapters"

@@ -3,6 +3,7 @@ screenshot of each (README's pictures come from here: `make screenshots`)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from playwright.sync_api import expect
@@ -60,6 +61,9 @@ def test_train_live_curve_stop_and_resume(page, shots, workspace):
     expect(page.locator("#watch-state")).to_have_text("running", timeout=90_000)
     expect(step).to_have_text(re.compile(r"^[1-9]\d*$"), timeout=60_000)
     first = int(step.inner_text())
+    run = workspace / "runs" / "board-run"
+    pid = json.loads((run / "process.json").read_text())["pid"]
+    assert os.getsid(pid) != os.getsid(0)  # its own session: the board (or a closed page) ending leaves it running
     expect(page.locator("#watch-max")).to_have_text("300")
     expect(step).not_to_have_text(str(first), timeout=30_000)  # the counter moves on its own
     page.wait_for_function("+document.querySelector('#chart').dataset.points >= 2")  # the curve grows
@@ -68,7 +72,6 @@ def test_train_live_curve_stop_and_resume(page, shots, workspace):
 
     page.click("#runs tr[data-run=board-run] button[data-act=stop]")
     expect(page.locator("#watch-state")).to_have_text("interrupted", timeout=60_000)
-    run = workspace / "runs" / "board-run"
     summary = json.loads((run / "summary.json").read_text())
     stopped = summary["global_step"]
     assert summary["status"] == "interrupted" and (run / f"checkpoints/checkpoint-{stopped}").is_dir()

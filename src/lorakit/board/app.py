@@ -80,6 +80,12 @@ class Board:
             raise LorakitError("not found", file=path, field=field)
         return full
 
+    def model_ref(self, name: str | None) -> str:
+        """A model the page named: a folder or .gguf relative to the board's folder, else as `lorakit` takes it
+        (a preset name or a path)."""
+        name = (name or "").strip() or self.model
+        return str(self.root / name) if not Path(name).is_absolute() and (self.root / name).exists() else name
+
     def source(self, spec: str | None, field: str) -> tuple[Path, str | None]:
         """A data file the page named, and the dataset_info.json entry after '#' (``info.json#name``)."""
         path, _, entry = (spec or "").partition("#")
@@ -157,6 +163,10 @@ class BuildReq(BaseModel):
     out: str
     templates: int = 2
     system: str | None = None
+    model: str | None = None  # a local model also writes Q/A pairs (progress is per batch of chunks)
+    pairs: int = 3
+    batch_size: int = 8
+    max_new_tokens: int = 768
 
 
 class TrainReq(BaseModel):
@@ -283,7 +293,7 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
         tokenizer = None
         if req.model:
             from lorakit.models import load_tokenizer, resolve
-            tokenizer = load_tokenizer(resolve(req.model, console=quiet_console()))
+            tokenizer = load_tokenizer(resolve(board.model_ref(req.model), console=quiet_console()))
         rep = check(path, fmt=req.format or None, tokenizer=tokenizer, model=req.model or None,
                     eval_path=board.inside(req.eval_file, "eval_file") if req.eval_file else None,
                     near_threshold=req.threshold, dataset=dataset)
@@ -327,10 +337,18 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
         out = board.inside(req.out, "out", must_exist=False)
 
         def work(progress):
-            res = build(docs, out, templates=req.templates, system=req.system or None,
+            gen = None
+            if req.model:
+                from lorakit.data.build import local_generator
+                progress(0, None, f"loading {req.model}")
+                gen = local_generator(board.model_ref(req.model), max_new_tokens=req.max_new_tokens)
+            res = build(docs, out, templates=req.templates, system=req.system or None, generate_fn=gen,
+                        pairs=req.pairs, batch_size=req.batch_size,
                         on_progress=lambda done, total, label: progress(done, total, label))
             return {"out": board.rel(res.path), "records": res.records, "chunks": res.chunks,
-                    "documents": res.documents, "counts": {k: v for k, v in res.report.counts().items() if v}}
+                    "documents": res.documents, "template_records": res.template_records,
+                    "model_records": res.model_records, "failed_chunks": len(res.failed_chunks),
+                    "counts": {k: v for k, v in res.report.counts().items() if v}}
         return board.jobs.submit("build", work).view()
 
     # -------------------------------------------------------------------- train
@@ -344,6 +362,7 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
         from lorakit.config import TrainConfig, validation_error
         raw = {k: v for k, v in raw.items() if v is not None and v != ""}
         raw["runs_dir"] = str(board.runs.dir)
+        raw["model"] = board.model_ref(raw.get("model"))
         for key in ("data", "eval_data"):
             if raw.get(key):
                 raw[key] = str(board.inside(raw[key], key))
@@ -413,7 +432,7 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
 
     @app.post("/api/eval")
     def evaluate(req: EvalReq):
-        model = req.model or board.model
+        model = board.model_ref(req.model)
         data = board.inside(req.data, "data")
         adapters = adapter_paths(req.adapters)
         index_dir = board.inside(req.index, "index") if req.index else None
@@ -441,7 +460,7 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
     @app.post("/api/chat/load")
     def chat_load(req: ChatLoadReq):
         from lorakit.serve.server import Systems, build_app
-        model = req.model or board.model
+        model = board.model_ref(req.model)
         adapters = {n: board.runs.path(n) for n in req.adapters}
         index_dir = board.inside(req.index, "index") if req.index else None
 

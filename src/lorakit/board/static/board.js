@@ -159,10 +159,12 @@ $("#split-run").addEventListener("click", () => guarded($("#data-error"), async 
 $("#build-run").addEventListener("click", () => guarded($("#data-error"), async () => {
   $("#data-result").textContent = "";
   const docs = [...$("#build-docs").selectedOptions].map((o) => o.value);
-  const view = await api("POST", "/api/data/build", {docs, out: $("#build-out").value, templates: +$("#build-templates").value});
+  const view = await api("POST", "/api/data/build", {docs, out: $("#build-out").value, templates: +$("#build-templates").value,
+    model: $("#build-model").value || null});
   const r = await job(view, $("#build-progress"));
   const counts = Object.entries(r.counts).map(([k, v]) => `${v} ${k}`).join(", ") || "no problems found";
-  $("#data-result").textContent = `wrote ${r.records} records to ${r.out} from ${r.chunks} chunks of ${r.documents} document(s); check: ${counts}`;
+  $("#data-result").textContent = `wrote ${r.records} records to ${r.out} from ${r.chunks} chunks of ${r.documents} document(s) ` +
+    `(${r.template_records} from templates, ${r.model_records} model-written${r.failed_chunks ? `, ${r.failed_chunks} chunks got no usable pair` : ""}); check: ${counts}`;
   await refresh();
 }));
 
