@@ -76,6 +76,9 @@ def test_nothing_outside_the_folder_and_uploads_land_whole(client, folder):
     assert [p.name for p in (folder / "uploads").iterdir()] == ["mine.jsonl"]  # no temporary left behind
     rep = client.post("/api/data/check", json={"file": "uploads/mine.jsonl"}).json()
     assert rep["counts"]["duplicate"] == 1 and rep["records"]["1"]["line"] == 2
+    r = client.post("/api/data/split", json={"file": "data/train.jsonl", "out_dir": "data", "eval": "2"})
+    assert r.status_code == 400 and "would overwrite the file it splits" in r.json()["error"]
+    assert len((folder / "data" / "train.jsonl").read_text().splitlines()) == 6
     # a bad request body is the same one paragraph, naming the field
     r = client.post("/api/data/check", json={"threshold": "high"})
     assert r.status_code == 400 and r.json()["field"] == "file"

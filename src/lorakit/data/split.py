@@ -101,6 +101,9 @@ def split(path: str | Path, out_dir: str | Path, *, eval: float | int = 0.1, tes
     splits, gid = split_records(records, eval=eval, test=test, seed=seed, threshold=threshold, by_source=by_source)
     out_dir = Path(out_dir)
     suffix = {"csv": ".csv", "tsv": ".tsv", "text": ".txt"}.get(fmt, ".jsonl")
+    if Path(path).resolve() in {(out_dir / f"{name}{suffix}").resolve() for name in splits}:
+        raise LorakitError("the split would overwrite the file it splits", file=path, field="out_dir",
+                           hint="Choose another output folder")
     paths = {}
     for name, recs in splits.items():
         if name == "test" and not test:
