@@ -109,6 +109,11 @@ def test_training_form_errors_come_back_by_field(client, tiny_model):
                                                            "max_steps": 7}}).json()
     assert plan["summary"]["steps"] == 7 and "消防通道" in plan["html"]  # the mask view, characters whole
     assert client.post("/api/train/start", json={"config": {"data": "data/train.jsonl", "epochs": 0}}).status_code == 400
+    bad = client.app.state.board.root / "data" / "bad.jsonl"
+    write_jsonl(bad, [qa(0), {"messages": [{"role": "assistant", "content": "先答"}, {"role": "user", "content": "后问"}]}])
+    r = client.post("/api/train/start", json={"config": {"model": str(tiny_model), "data": "data/bad.jsonl"}})
+    assert r.status_code == 400 and r.json()["fields"] == {"data": r.json()["error"]}
+    assert r.json()["error"].startswith(f"{bad}:2, field 'messages': the first turn must be a user turn.")
     assert not (client.app.state.board.runs.dir).exists()  # nothing started, nothing written
 
 

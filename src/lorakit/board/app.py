@@ -387,7 +387,16 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
 
     @app.post("/api/train/start")
     def train_start(req: TrainReq):
-        return {"name": board.runs.start(validated(req.config))}
+        """Records are read and checked here, as the recipe does first, so a bad record is shown in the page
+        before a process starts; what needs the model (tokens, mask) fails in the run's own log and state."""
+        from lorakit.train.recipe import load_records
+        cfg = validated(req.config)
+        try:
+            load_records(cfg)
+        except LorakitError as e:
+            raise FormError(e, {"data" if e.file and Path(e.file) == Path(cfg.data) else e.field or "": e.render()}
+                            ) from None
+        return {"name": board.runs.start(cfg)}
 
     @app.get("/api/runs")
     def runs():

@@ -105,7 +105,9 @@ class Runs:
         target = (info or {}).get("max_steps") or (summary or {}).get("max_steps")
         out = {"name": name, "state": state, "step": step, "max_steps": target,
                "eta_s": eta(steps, target) if state == "running" else None,
-               "summary": summary, "error": (last_error(run) or f"the training process exited with {code}")
+               "summary": summary, "error": (last_error(run) or (
+                   f"the training process ended on signal {-code} before its first checkpoint" if code and code < 0
+                   else f"the training process exited with status {code}; see {run / LOG}"))
                if state == "failed" else None,
                "has_adapter": (run / "adapter" / "adapter_config.json").exists(),
                "resumable": (run / "checkpoints").is_dir() and state in ("interrupted", "failed")}
