@@ -78,7 +78,9 @@ def board_url(workspace):
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+    # Upper bounds for a machine whose cores other jobs share (a dry run, a model load); passing runs take far less.
+    expect.set_options(timeout=60_000)
     assert Path(CHROMIUM).exists(), (f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium "
                                      "(apt-get install chromium); or set LORAKIT_CHROMIUM")
     with sync_playwright() as p:
@@ -92,7 +94,7 @@ def page(browser, board_url):
     """A signed-in page: the printed address (with its token) sets the cookie and leaves the address bar."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(60_000)
     pg.goto(f"{board_url}/?token={TOKEN}")
     assert "token=" not in pg.url
     yield pg

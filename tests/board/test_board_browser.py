@@ -58,30 +58,30 @@ def test_train_live_curve_stop_and_resume(page, shots, workspace):
     page.click("#train-start")
 
     step = page.locator("#watch-step")
-    expect(page.locator("#watch-state")).to_have_text("running", timeout=90_000)
-    expect(step).to_have_text(re.compile(r"^[1-9]\d*$"), timeout=60_000)
+    expect(page.locator("#watch-state")).to_have_text("running", timeout=240_000)
+    expect(step).to_have_text(re.compile(r"^[1-9]\d*$"))
     first = int(step.inner_text())
     run = workspace / "runs" / "board-run"
     pid = json.loads((run / "process.json").read_text())["pid"]
     assert os.getsid(pid) != os.getsid(0)  # its own session: the board (or a closed page) ending leaves it running
     expect(page.locator("#watch-max")).to_have_text("300")
-    expect(step).not_to_have_text(str(first), timeout=30_000)  # the counter moves on its own
+    expect(step).not_to_have_text(str(first))  # the counter moves on its own
     page.wait_for_function("+document.querySelector('#chart').dataset.points >= 2")  # the curve grows
     expect(page.locator("#chart polyline.train")).to_have_count(1)
     shot(page, shots, "train")
 
     page.click("#runs tr[data-run=board-run] button[data-act=stop]")
-    expect(page.locator("#watch-state")).to_have_text("interrupted", timeout=60_000)
+    expect(page.locator("#watch-state")).to_have_text("interrupted", timeout=120_000)
     summary = json.loads((run / "summary.json").read_text())
     stopped = summary["global_step"]
     assert summary["status"] == "interrupted" and (run / f"checkpoints/checkpoint-{stopped}").is_dir()
 
     page.click("#runs tr[data-run=board-run] button[data-act=resume]")
-    expect(page.locator("#watch-state")).to_have_text("running", timeout=90_000)
+    expect(page.locator("#watch-state")).to_have_text("running", timeout=240_000)
     expect(step).to_have_text(re.compile(r"^\d+$"))
-    page.wait_for_function(f"+document.querySelector('#watch-step').textContent > {stopped}", timeout=60_000)
+    page.wait_for_function(f"+document.querySelector('#watch-step').textContent > {stopped}", timeout=120_000)
     page.click("#runs tr[data-run=board-run] button[data-act=stop]")
-    expect(page.locator("#watch-state")).to_have_text("interrupted", timeout=60_000)
+    expect(page.locator("#watch-state")).to_have_text("interrupted", timeout=120_000)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed_from"].endswith(f"checkpoint-{stopped}") and summary["global_step"] > stopped
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
@@ -95,7 +95,7 @@ def test_compare_base_and_adapter(page, shots, trained_run):
     page.fill("#eval-tokens", "8")
     page.click("#eval-run")
     table = page.locator("#eval-table")
-    expect(table.locator("tr[data-system=base]")).to_have_count(1, timeout=60_000)
+    expect(table.locator("tr[data-system=base]")).to_have_count(1)
     expect(table.locator("tr[data-system=cli-run]")).to_have_count(1)
     frame = page.frame_locator("#eval-report")
     expect(frame.locator("h1")).to_contain_text("Evaluation")
@@ -107,13 +107,13 @@ def test_chat_streams_an_answer_with_its_evidence(page, shots, trained_run):
     page.locator("#chat-adapters input[value=cli-run]").check()
     page.select_option("#chat-index", "index")
     page.click("#chat-load")
-    expect(page.locator("#chat-status")).to_contain_text("ready", timeout=60_000)
+    expect(page.locator("#chat-status")).to_contain_text("ready")
     expect(page.locator("#chat-system")).to_have_value("cli-run+rag")
     page.fill("#chat-max", "12")
     page.fill("#chat-input", "占用消防通道停车要交多少违约金？")
     page.keyboard.press("Enter")
     reply = page.locator(".msg.assistant").last
-    expect(reply).not_to_have_class(re.compile("streaming"), timeout=60_000)
+    expect(reply).not_to_have_class(re.compile("streaming"))
     assert int(reply.get_attribute("data-pieces")) >= 2  # streamed piece by piece, not one block
     expect(reply.locator(".evidence summary").first).to_contain_text("示例小区停车公约")
     expect(reply.locator(".evidence")).to_contain_text("第三条")
@@ -128,7 +128,7 @@ def test_export_merges_with_its_parity_check(page, shots, workspace, trained_run
     expect(page.locator("#export-error")).to_contain_text("the board reads and writes only inside its folder")
     page.fill("#export-out", "exports/merged")
     page.click("#export-run-btn")
-    expect(page.locator("#export-result")).to_contain_text("parity check: max logit difference", timeout=60_000)
+    expect(page.locator("#export-result")).to_contain_text("parity check: max logit difference")
     expect(page.locator("#exports")).to_contain_text("exports/merged")
     assert (workspace / "exports" / "merged" / "lorakit_export.json").exists()
     shot(page, shots, "export")

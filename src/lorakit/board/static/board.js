@@ -244,7 +244,18 @@ function markFields(fields) {
   });
 }
 
+let planning = false, planAgain = false;
 async function plan() {
+  // One dry run at a time; edits made meanwhile are planned once it ends (a dry run tokenizes the data).
+  if (planning) { planAgain = true; return; }
+  planning = true;
+  try { await planOnce(); } finally {
+    planning = false;
+    if (planAgain) { planAgain = false; plan(); }
+  }
+}
+
+async function planOnce() {
   const box = $("#train-error");
   showError(box, null);
   try {
