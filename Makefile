@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lorakit-installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench browser screenshots
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lorakit quickstart
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# The board's browser tests drive Debian's Chromium (Playwright never downloads a browser here), with a CJK font
+# so that Chinese text renders in the screenshots. Installed once, as root, when missing.
+browser:
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; }
+
+# README's board pictures: the browser tests write one screenshot per page into docs/board/.
+screenshots: $(STAMP) browser
+	LORAKIT_BOARD_SCREENSHOTS=docs/board $(PY) -m pytest tests/board/test_board_browser.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

@@ -118,7 +118,8 @@ def data_check(file: Path = typer.Argument(..., help="Dataset to check (any supp
                report: Optional[Path] = typer.Option(None, help="Write a Markdown (.md) or HTML (.html) report."),
                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the findings as JSON."),
                fix_out: Optional[Path] = typer.Option(None, "--fix", help="Write a cleaned copy here (input untouched)."),
-               mask_pii: bool = typer.Option(False, "--mask-pii", help="With --fix: mask phones, IDs, emails, plates.")):
+               mask_pii: bool = typer.Option(False, "--mask-pii", help="With --fix: mask phones, IDs, emails, plates."),
+               dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to check.")):
     """Find what makes fine-tuning fail quietly; exit status 1 when errors (not warnings) are found."""
     from lorakit.data.check import check, fix
     from lorakit.data.formats import parse_columns
@@ -129,7 +130,7 @@ def data_check(file: Path = typer.Argument(..., help="Dataset to check (any supp
         tokenizer = load_tokenizer(resolve(model, console=console))
     with console.status("checking…"):
         rep = check(file, fmt=fmt, columns=parse_columns(column), tokenizer=tokenizer, model=model, cutoff=cutoff,
-                    eval_path=eval_file, near_threshold=threshold)
+                    eval_path=eval_file, near_threshold=threshold, dataset=dataset)
     print_report(rep, console)
     for path, write in ((report, write_report), (json_out, write_json_report)):
         if path:
@@ -198,11 +199,12 @@ def data_split(file: Path = typer.Argument(..., help="Dataset to split (any supp
                threshold: float = typer.Option(0.8, help="Near duplicates at this similarity stay together."),
                group_source: bool = typer.Option(True, "--group-source/--no-group-source",
                                                  help="Keep records of the same source article together."),
-               to: str = typer.Option("messages", "--to", help=f"Output format: {_FORMATS_HELP}.")):
+               to: str = typer.Option("messages", "--to", help=f"Output format: {_FORMATS_HELP}."),
+               dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to split.")):
     """Split into train/eval(/test) so that no near duplicate or same-article sibling crosses a split."""
     from lorakit.data.split import parse_share, split
     res = split(file, out_dir, eval=parse_share(eval_share, "eval"), test=parse_share(test_share, "test"), seed=seed,
-                threshold=threshold, by_source=group_source, fmt=to)
+                threshold=threshold, by_source=group_source, fmt=to, dataset=dataset)
     for name, path in res.paths.items():
         console.print(f"{name:5} {res.sizes[name]:>7} records → {path}")
     console.print(f"{res.groups} groups (largest {res.largest_group} records) kept whole across the split")
@@ -439,6 +441,31 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                             console=console)
     console.print(f"[green]merged[/] → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})"
                   + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
+
+
+# ---------------------------------------------------------------------------- board
+@app.command()
+@friendly
+def board(folder: Path = typer.Option(Path("."), "--dir", help="Folder the board works in: data files, runs/, "
+                                                               "evals/, exports/ (nothing outside it is touched)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+          port: int = typer.Option(7860),
+          token: Optional[str] = typer.Option(None, envvar="LORAKIT_BOARD_TOKEN",
+                                              help="Password for the page (required with a non-loopback --host; "
+                                                   "default: a new random token each start)."),
+          model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m",
+                                    help="Base model the forms start with.")):
+    """The whole lifecycle in a local web page: data, train (live curves, stop/resume), evaluate, chat, export."""
+    import uvicorn
+
+    from lorakit.board.app import board_token, build_board
+    if not folder.is_dir():
+        raise LorakitError("not a folder", file=folder, field="dir")
+    secret = board_token(host, token)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"lorakit board over {folder.resolve()}: open [bold]http://{shown}:{port}/?token={secret}[/]",
+                  highlight=False, soft_wrap=True)
+    uvicorn.run(build_board(folder, token=secret, model=model), host=host, port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------------------- rag

@@ -163,6 +163,17 @@ def test_dry_run_loads_no_model(base_cfg, monkeypatch, capsys):
     assert res.summary["supervised_tokens"] > 0
 
 
+def test_dry_run_mask_shows_chinese_whole(base_cfg):
+    """Byte-level tokens split Chinese characters; the mask view decodes runs of tokens so none shows as U+FFFD."""
+    import io
+
+    from rich.console import Console
+    out = Console(file=io.StringIO(), width=200)
+    run(base_cfg, dry_run=True, console=out)
+    text = out.file.getvalue()
+    assert "超速" in text and "道路交通安全法" in text and "\ufffd" not in text
+
+
 def test_qlora_on_cpu_is_a_clear_error(base_cfg):
     with pytest.raises(LorakitError) as e:
         run({**base_cfg, "method": "qlora"})

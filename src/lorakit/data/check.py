@@ -114,15 +114,16 @@ class Report:
 def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = None,
           tokenizer=None, model: str | None = None, cutoff: int | None = None,
           eval_path: str | Path | None = None, near_threshold: float = 0.8, ngram: int = 3,
-          progress: Callable[[str], None] | None = None) -> Report:
+          progress: Callable[[str], None] | None = None, dataset: str | None = None) -> Report:
     """Run every check on a dataset file and return the report (the input is only read).
 
     ``tokenizer`` (with a chat template) enables the token-length and supervised-token checks; ``model`` is
-    only its name for the report. ``cutoff`` defaults to 2048 when a tokenizer is given.
+    only its name for the report. ``cutoff`` defaults to 2048 when a tokenizer is given. ``dataset`` picks an
+    entry of a dataset_info.json that registers several.
     """
     say = progress or (lambda msg: None)
     say("reading")
-    parsed = parse_records(path, fmt, columns=columns)
+    parsed = parse_records(path, fmt, columns=columns, dataset=dataset)
     records = parsed.records
     if tokenizer is not None and cutoff is None:
         cutoff = DEFAULT_CUTOFF

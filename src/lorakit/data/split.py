@@ -92,14 +92,18 @@ def split_records(records: list[Conversation], *, eval: float | int = 0.1, test:
 
 
 def split(path: str | Path, out_dir: str | Path, *, eval: float | int = 0.1, test: float | int = 0, seed: int = 0,
-          threshold: float = 0.8, by_source: bool = True, fmt: str = "messages", columns: dict | None = None) -> SplitResult:
+          threshold: float = 0.8, by_source: bool = True, fmt: str = "messages", columns: dict | None = None,
+          dataset: str | None = None) -> SplitResult:
     """Read a dataset, split it, and write ``train.jsonl``, ``eval.jsonl`` (and ``test.jsonl``) to ``out_dir``."""
-    records = read_records(path, columns=columns)
+    records = read_records(path, columns=columns, dataset=dataset)
     if len(records) < 2:
         raise LorakitError(f"{len(records)} record(s) cannot be split", file=path)
     splits, gid = split_records(records, eval=eval, test=test, seed=seed, threshold=threshold, by_source=by_source)
     out_dir = Path(out_dir)
     suffix = {"csv": ".csv", "tsv": ".tsv", "text": ".txt"}.get(fmt, ".jsonl")
+    if Path(path).resolve() in {(out_dir / f"{name}{suffix}").resolve() for name in splits}:
+        raise LorakitError("the split would overwrite the file it splits", file=path, field="out_dir",
+                           hint="Choose another output folder")
     paths = {}
     for name, recs in splits.items():
         if name == "test" and not test:

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from lorakit.io import append_jsonl, atomic_path
+from lorakit.io import append_jsonl, atomic_path, write_json
+
+PROCESS_FILE = "process.json"  # present while a run trains: who trains it and towards which step
 
 
 def plot_metrics(metrics_file: Path, out_png: Path) -> Path | None:
@@ -58,6 +61,15 @@ class RunLogCallback(TrainerCallback):
         self.plot_every_s = plot_every_s  # by time, not steps: a plot costs ~0.3 s, a GPU step far less
         self._t0 = time.perf_counter()
         self._last_plot = self._t0
+
+    def on_train_begin(self, args, state, control, **kw):
+        """Say which process trains this folder (``lorakit board`` shows, follows and stops CLI runs by it);
+        the recipe removes the file once the adapter and summary are written."""
+        if state.is_world_process_zero:
+            import psutil
+            me = psutil.Process()
+            write_json(self.run_dir / PROCESS_FILE, {"pid": os.getpid(), "create_time": me.create_time(),
+                                                     "max_steps": state.max_steps, "started": time.time()})
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not state.is_world_process_zero or not logs:

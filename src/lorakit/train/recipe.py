@@ -145,12 +145,15 @@ def check_encoded(enc: Encoded, records, tokenizer, cfg: TrainConfig) -> None:
 
 
 def render_mask(tokenizer, row: dict, console: Console, limit: int = 400) -> None:
-    """Print one tokenized example: trained tokens highlighted, the rest dim."""
+    """Print one tokenized example: trained tokens highlighted, the rest dim. A run of tokens of one kind is
+    decoded together: byte-level tokens often split a Chinese character, which alone decodes to U+FFFD."""
+    from itertools import groupby
+
     from rich.text import Text
     text = Text()
-    for tok, lab in list(zip(row["input_ids"], row["labels"]))[:limit]:
-        piece = tokenizer.decode([tok])
-        text.append(piece, style="bold black on green" if lab != -100 else "dim")
+    pairs = list(zip(row["input_ids"], row["labels"]))[:limit]
+    for trained, run in groupby(pairs, key=lambda p: p[1] != -100):
+        text.append(tokenizer.decode([t for t, _ in run]), style="bold black on green" if trained else "dim")
     console.print(text)
 
 
@@ -434,9 +437,10 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "resumed_from": str(resume_from) if resume_from else None,
         }
         write_json(run_dir / "summary.json", summary)
-        from lorakit.train.callbacks import plot_metrics
+        from lorakit.train.callbacks import PROCESS_FILE, plot_metrics
         if (run_dir / "metrics.jsonl").exists():
             plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        (run_dir / PROCESS_FILE).unlink(missing_ok=True)
     else:
         summary = {}
     if interrupted:
