@@ -37,13 +37,14 @@ from lorakit.data.record import Conversation, Turn
 from lorakit.errors import LorakitError
 from lorakit.io import atomic_path, write_json
 
-FORMATS = ("messages", "alpaca", "sharegpt", "text", "csv", "tsv", "llamafactory")
+FORMATS = ("messages", "alpaca", "sharegpt", "text", "csv", "tsv", "llamafactory", "preference", "kto")
 
 USER_ROLES = ("user", "human", "usr", "question", "prompter")
 ASSISTANT_ROLES = ("assistant", "gpt", "bot", "model", "chatgpt", "ai", "answer", "gemini", "claude")
 SYSTEM_ROLES = ("system", "sys")
 ROLE_ALIASES = {**{r: "user" for r in USER_ROLES}, **{r: "assistant" for r in ASSISTANT_ROLES},
-                **{r: "system" for r in SYSTEM_ROLES}}
+                **{r: "system" for r in SYSTEM_ROLES}, "function_call": "function_call", "tool": "tool",
+                "observation": "tool", "function": "tool", "ipython": "tool"}
 
 # Column names recognised without a mapping (CSV headers and JSON keys), canonical name first.
 DEFAULT_COLUMNS = {
@@ -55,6 +56,8 @@ DEFAULT_COLUMNS = {
     "text": ("text", "content"),
 }
 ALPACA_KEYS = ("prompt", "query", "response", "system", "history")
+# meta key of a record read from alpaca with a non-empty input: the last user turn is instruction + "\n" + input
+ALPACA_INPUT = "alpaca_input"
 
 _TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 
@@ -90,9 +93,22 @@ def read_records(path: str | Path, fmt: str | None = None, *, columns: dict | No
     return parsed.records
 
 
+def dataset_ref(path: str | Path, dataset: str | None = None) -> tuple[Path, str | None]:
+    """``data/dataset_info.json:NAME`` → (the file, NAME); any other path is returned as it is."""
+    s = str(path)
+    if not Path(s).exists() and ":" in s:
+        head, _, name = s.rpartition(":")
+        if name and Path(head).is_file():
+            if dataset is not None and dataset != name:
+                raise LorakitError(f"the path names dataset '{name}' but --dataset says '{dataset}'", file=head,
+                                   field="dataset")
+            return Path(head), name
+    return Path(path), dataset
+
+
 def detect_format(path: str | Path) -> str:
     """The format of a file, judged by its content (one of `FORMATS`)."""
-    path = Path(path)
+    path = dataset_ref(path)[0]
     text = _read_text(path)
     return _detect(path, text)[0]
 
@@ -103,14 +119,22 @@ def parse_records(path: str | Path, fmt: str | None = None, *, columns: dict | N
 
     Problems with the file as a whole (missing, empty, binary, not UTF-8, unknown format) still raise.
     """
-    path = Path(path)
+    path, dataset = dataset_ref(path, dataset)
     if fmt is not None and fmt not in FORMATS:
         raise LorakitError(f"unknown format '{fmt}'", field="format", hint="Use one of: " + ", ".join(FORMATS))
     text = _read_text(path)
     detected, container, data = _detect(path, text, fmt)
+    if detected == "llamafactory" and fmt not in (None, "llamafactory"):
+        raise LorakitError(f"this is a LLaMA-Factory dataset_info.json, not {fmt} data: each entry says its own "
+                           "format", file=path, field="from",
+                           hint="Drop --from and pick the entry with --dataset NAME (or write FILE:NAME)")
     fmt = fmt or detected
     if fmt == "llamafactory":
         return _read_dataset_info(path, data if data is not None else _load_json_whole(path, text), dataset)
+    if dataset is not None:
+        raise LorakitError(f"--dataset {dataset} names an entry of a LLaMA-Factory dataset_info.json, but this file "
+                           f"is {fmt} data", file=path, field="dataset",
+                           hint="Drop --dataset, or give the dataset_info.json that registers it")
     if fmt in ("csv", "tsv"):
         return _parse_csv(path, text, "\t" if fmt == "tsv" else ",", columns, fmt)
     if container == "text":
@@ -135,13 +159,18 @@ def write_records(path: str | Path, records: Iterable[Conversation], fmt: str = 
     records = list(records)
     if fmt not in FORMATS:
         raise LorakitError(f"unknown format '{fmt}'", field="format", hint="Use one of: " + ", ".join(FORMATS))
+    from lorakit.data import preference
+    kind = preference.kind_of(records)
     if fmt == "llamafactory":
-        return _write_llamafactory(path, records, name or path.stem)
-    if fmt in ("csv", "tsv"):
+        return _write_llamafactory(path, records, name or path.stem, kind)
+    if kind != "sft" or fmt in ("preference", "kto"):
+        to_row = preference.row_writer(kind, fmt)
+    elif fmt in ("csv", "tsv"):
         return _write_csv(path, records, "\t" if fmt == "tsv" else ",")
-    if fmt == "text" and path.suffix.lower() in _TEXT_SUFFIXES:
+    elif fmt == "text" and path.suffix.lower() in _TEXT_SUFFIXES:
         return _write_plain_text(path, records)
-    to_row = {"messages": messages_row, "alpaca": alpaca_row, "sharegpt": sharegpt_row, "text": text_row}[fmt]
+    else:
+        to_row = {"messages": messages_row, "alpaca": alpaca_row, "sharegpt": sharegpt_row, "text": text_row}[fmt]
     rows = (to_row(r, i) for i, r in enumerate(records, 1))
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         if path.suffix.lower() == ".json":
@@ -168,6 +197,10 @@ def _read_text(path: Path) -> str:
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise LorakitError("the file is UTF-16 text", file=path, hint="Save it as UTF-8 and try again")
     head = raw[:8192]
+    utf16 = _utf16_without_bom(head)
+    if utf16:
+        raise LorakitError(f"the file is UTF-16 text ({utf16}, no byte-order mark)", file=path,
+                           hint=f"Convert it first: iconv -f {utf16} -t UTF-8 IN > OUT")
     magic = {b"PK\x03\x04": "a zip archive (xlsx/docx?)", b"\x1f\x8b": "gzip data", b"%PDF": "a PDF",
              b"\x89PNG": "a PNG image", b"\xd0\xcf\x11\xe0": "an old Office file (xls/doc?)"}
     kind = next((k for m, k in magic.items() if head.startswith(m)), None)
@@ -178,9 +211,40 @@ def _read_text(path: Path) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
+        tail = raw[e.start:].rstrip(b" \t\r\n")
+        if len(tail) <= 3 and tail[:1] >= b"\xc0" and all(b >= 0x80 for b in tail):
+            raise LorakitError("the file ends in the middle of a UTF-8 character: it was cut off (an interrupted "
+                               "download or copy?)", file=path, line=line,
+                               hint="Get the complete file again; the records before the cut are fine") from None
+        try:
+            raw.decode("gb18030")
+            hint = "It reads as GBK/GB18030: convert it first: iconv -f GB18030 -t UTF-8 IN > OUT"
+        except UnicodeDecodeError:
+            hint = "Its bytes are neither UTF-8 nor GBK/GB18030 here: the file is damaged or in another encoding"
         raise LorakitError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} cannot be decoded)", file=path, line=line,
-                           hint="If it is GBK/GB18030, convert it first: iconv -f GB18030 -t UTF-8 IN > OUT")
+                           hint=hint) from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """'UTF-16LE'/'UTF-16BE' when text bytes alternate with NULs (ASCII-range UTF-16 without a byte-order mark)."""
+    if len(head) < 4:
+        return None
+    even, odd = head[0::2], head[1::2]
+    for zeros, name in ((odd, "UTF-16LE"), (even, "UTF-16BE")):
+        if zeros.count(0) >= 0.4 * len(zeros) and (even if zeros is odd else odd).count(0) <= 0.05 * len(zeros):
+            try:
+                head[: len(head) // 2 * 2].decode(name.lower().replace("-", "_"))
+                return name
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _json_error(e: json.JSONDecodeError) -> str:
+    """'Unterminated string starting at column 12' (json's own message ends in 'at' for some errors)."""
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return f"not valid JSON ({msg} at column {e.colno})"
 
 
 def _detect(path: Path, text: str, forced: str | None = None) -> tuple[str, str, Any]:
@@ -225,6 +289,8 @@ def _detect(path: Path, text: str, forced: str | None = None) -> tuple[str, str,
     if first_item is None:
         return "messages", container, None
     value = first_item[1]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        value = value[0]  # records wrapped in lists, as some published files are (see `_unwrap`)
     if isinstance(value, dict):
         return _record_format(value), container, None
     if isinstance(value, str):
@@ -233,13 +299,18 @@ def _detect(path: Path, text: str, forced: str | None = None) -> tuple[str, str,
 
 
 def _record_format(obj: dict) -> str:
+    keys = set(obj)
+    if {"chosen", "rejected"} <= keys:
+        return "preference"
+    if isinstance(obj.get("label"), bool) or "kto_tag" in keys:
+        return "kto"
     if "messages" in obj or "conversations" in obj:
         turns = obj.get("messages", obj.get("conversations"))
         if isinstance(turns, list) and turns and isinstance(turns[0], dict) and "from" in turns[0]:
             return "sharegpt"
         return "sharegpt" if "conversations" in obj and "messages" not in obj else "messages"
     keys = set(obj)
-    if keys & set(DEFAULT_COLUMNS["prompt"]) or keys & set(DEFAULT_COLUMNS["response"]):
+    if (keys & set(DEFAULT_COLUMNS["prompt"]) or keys & set(DEFAULT_COLUMNS["response"])) and "completion" not in keys:
         return "alpaca"
     if keys & set(DEFAULT_COLUMNS["text"]):
         return "text"
@@ -280,7 +351,7 @@ def _load_json_whole(path: Path, text: str, allow_fail: bool = False):
     except json.JSONDecodeError as e:
         if allow_fail:
             return None
-        raise LorakitError(f"not valid JSON ({e.msg} at column {e.colno})", file=path, line=e.lineno)
+        raise LorakitError(_json_error(e), file=path, line=e.lineno)
 
 
 def _iter_json(path: Path, text: str, container: str) -> Iterator[tuple[int, Any] | LorakitError]:
@@ -300,7 +371,7 @@ def _iter_json(path: Path, text: str, container: str) -> Iterator[tuple[int, Any
                 hint = None
                 if line.lstrip().startswith("{") and not line.rstrip().endswith("}"):
                     hint = "Each JSONL record must be one complete JSON object on one line"
-                yield LorakitError(f"not valid JSON ({e.msg} at column {e.colno})", file=path, line=lineno,
+                yield LorakitError(_json_error(e), file=path, line=lineno,
                                    hint=hint)
         return
     decoder = json.JSONDecoder()
@@ -327,7 +398,7 @@ def _iter_json(path: Path, text: str, container: str) -> Iterator[tuple[int, Any
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            yield LorakitError(f"not valid JSON ({e.msg} at column {e.colno}); the rest of the array was not read",
+            yield LorakitError(_json_error(e) + "; the rest of the array was not read",
                                file=path, line=e.lineno)
             return
         yield line_at(pos), value
@@ -381,16 +452,38 @@ def _columns_for(fmt: str, columns: dict | None) -> dict:
         base = {"messages": "conversations", "system": "system", "role_tag": "from", "content_tag": "value"}
     elif fmt == "messages":
         base = {"messages": "messages", "system": "system", "role_tag": "role", "content_tag": "content"}
+    elif fmt in ("preference", "kto"):  # any of the shapes (TRL, LLaMA-Factory alpaca or sharegpt ranking / KTO)
+        base = {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+                "history": "history", "messages": "messages", "role_tag": "role", "content_tag": "content",
+                "chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}
     else:
         base = {"text": "text"}
     return {**base, **cols}
 
 
+class WholeFileError(LorakitError):
+    """A record shows that the whole file cannot be used (e.g. it is multimodal): said once, not per record."""
+
+
+def _unwrap(items: Iterable) -> Iterator:
+    """Records wrapped in lists (lawyer-llama's legal_advice.json is a list of one-element lists of alpaca
+    records): each object inside a list of objects is a record of its own, at the line of its list."""
+    for item in items:
+        if isinstance(item, tuple) and isinstance(item[1], list) and item[1] and \
+                all(isinstance(v, dict) for v in item[1]):
+            for v in item[1]:
+                yield item[0], v
+        else:
+            yield item
+
+
 def _parse_json_records(path: Path, items: Iterable, fmt: str, columns: dict | None) -> Parsed:
+    from lorakit.data import preference
     parsed = Parsed(records=[], fmt=fmt)
     cols = _columns_for(fmt, columns)
-    one = {"alpaca": _alpaca_record, "sharegpt": _chat_record, "messages": _chat_record, "text": _text_record}[fmt]
-    for item in items:
+    one = {"alpaca": _alpaca_record, "sharegpt": _chat_record, "messages": _chat_record, "text": _text_record,
+           "preference": preference.preference_record, "kto": preference.feedback_record}[fmt]
+    for item in _unwrap(items):
         parsed.lines += 1
         if isinstance(item, LorakitError):
             parsed.errors.append(item)
@@ -401,10 +494,48 @@ def _parse_json_records(path: Path, items: Iterable, fmt: str, columns: dict | N
                 obj = {cols["text"]: obj}
             if not isinstance(obj, dict):
                 raise LorakitError(f"expected a JSON object per record, got {_type_name(obj)}", file=path, line=line)
+            refuse_multimodal(obj, path, line, cols)
             parsed.records.append(one(obj, path, line, cols, fmt))
+        except WholeFileError:
+            raise
         except LorakitError as e:
             parsed.errors.append(e)
     return parsed
+
+
+MEDIA_KEYS = ("images", "videos", "audios")
+_PLACEHOLDERS = ("<image>", "<video>", "<audio>")
+
+
+def _multimodal_refusal(what: str, file, line=None, field=None) -> WholeFileError:
+    return WholeFileError(
+        f"this is multimodal data ({what}); lorakit trains text-only language models, and training on the "
+        "placeholders without the media would teach the model to answer about pictures or sounds it never saw",
+        file=file, line=line, field=field,
+        hint="Use a text dataset, or a vision-language toolkit (LLaMA-Factory, ms-swift) for this one")
+
+
+def refuse_multimodal(obj: dict, path: Path, line: int, cols: dict) -> None:
+    """Refuse a record that carries images, videos or audio (fields, content parts or <image> placeholders)."""
+    for key in MEDIA_KEYS:
+        name = cols.get(key, key)
+        if obj.get(name):
+            raise _multimodal_refusal(f"record field '{name}'", path, line, name)
+    turns = obj.get(cols.get("messages", "messages"), obj.get("conversations", obj.get("messages")))
+    texts = [obj.get(cols.get("prompt", "instruction")), obj.get(cols.get("query", "input"))]
+    for t in turns if isinstance(turns, list) else []:
+        if isinstance(t, dict):
+            c = t.get(cols.get("content_tag", "content"), t.get("value", t.get("content")))
+            if isinstance(c, list):
+                kinds = {p.get("type") for p in c if isinstance(p, dict)} - {"text", None}
+                if kinds:
+                    raise _multimodal_refusal(f"{sorted(kinds)[0]} content parts", path, line)
+            texts.append(c)
+    for text in texts:
+        if isinstance(text, str) and "<" in text:
+            tag = next((p for p in _PLACEHOLDERS if p in text), None)
+            if tag:
+                raise _multimodal_refusal(f"{tag} placeholders in the text", path, line)
 
 
 def _role(name: Any, where: str, path: Path, line: int, cols: dict) -> str:
@@ -413,13 +544,14 @@ def _role(name: Any, where: str, path: Path, line: int, cols: dict) -> str:
                 cols.get("system_tag"): "system"}
     if name in explicit and name is not None:
         return explicit[name]
+    explicit = {cols.get("function_tag"): "function_call", cols.get("observation_tag"): "tool"}
+    if name in explicit and name is not None:
+        return explicit[name]
     role = ROLE_ALIASES.get(name.strip().lower())
     if role is None:
-        known = "user (human), assistant (gpt, bot, model) and system"
-        hint = "Tool and function-call turns are not supported" if name.lower() in (
-            "tool", "function", "function_call", "observation") else \
-            "Map it with a dataset_info.json 'tags' entry (user_tag/assistant_tag)"
-        raise LorakitError(f"unknown role '{name}' (known: {known})", file=path, line=line, field=where, hint=hint)
+        known = "user (human), assistant (gpt, bot, model), system, function_call and tool (observation)"
+        raise LorakitError(f"unknown role '{name}' (known: {known})", file=path, line=line, field=where,
+                           hint="Map it with a dataset_info.json 'tags' entry (user_tag/assistant_tag)")
     return role
 
 
@@ -447,10 +579,29 @@ def _chat_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Conv
         else:
             raise LorakitError(f"missing field '{key}' (the list of turns)", file=path, line=line, field=key,
                                hint=f"The file looks like {fmt} data, where every record has '{key}'")
-    turns_in = obj[key]
+    from lorakit.data.tools import parse_tools
+    msgs = chat_turns(obj[key], key, path, line, cols)
+    system = _want_str(obj.get(cols["system"]), cols["system"], path, line, optional=True)
+    conv = Conversation.from_messages(msgs, source=_source_of(obj, path, line))
+    if system is not None:
+        if conv.system is not None:
+            raise LorakitError("the record has a system field and a system turn", file=path, line=line,
+                               field=cols["system"])
+        conv.system = system
+    tools_key = cols.get("tools", "tools")
+    conv.tools = parse_tools(obj.get(tools_key), tools_key, path, line)
+    used = {key, cols["system"], "source", tools_key}
+    conv.meta = {k: v for k, v in obj.items() if k not in used}
+    return conv
+
+
+def chat_turns(turns_in: Any, key: str, path: Path, line: int, cols: dict) -> list[dict]:
+    """A list of turn objects (any role/content tag names) as messages; a LLaMA-Factory ``function_call`` turn
+    becomes an assistant message with ``tool_calls``, an ``observation`` a ``tool`` message."""
+    from lorakit.data.tools import calls_from_openai, calls_from_text
     if not isinstance(turns_in, list):
         raise LorakitError(f"expected a list of turns, got {_type_name(turns_in)}", file=path, line=line, field=key)
-    role_tag, content_tag = cols["role_tag"], cols["content_tag"]
+    role_tag, content_tag = cols.get("role_tag", "role"), cols.get("content_tag", "content")
     msgs = []
     for j, t in enumerate(turns_in):
         where = f"{key}[{j}]"
@@ -460,20 +611,21 @@ def _chat_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Conv
         ct = content_tag if content_tag in t else ("value" if "value" in t else "content")
         if rt not in t:
             raise LorakitError(f"missing the role ('{role_tag}')", file=path, line=line, field=where)
-        if ct not in t:
-            raise LorakitError(f"missing the text ('{content_tag}')", file=path, line=line, field=where)
-        msgs.append({"role": _role(t[rt], f"{where}.{rt}", path, line, cols),
-                     "content": _content(t[ct], f"{where}.{ct}", path, line)})
-    system = _want_str(obj.get(cols["system"]), cols["system"], path, line, optional=True)
-    conv = Conversation.from_messages(msgs, source=_source_of(obj, path, line))
-    if system is not None:
-        if conv.system is not None:
-            raise LorakitError("the record has a system field and a system turn", file=path, line=line,
-                               field=cols["system"])
-        conv.system = system
-    used = {key, cols["system"], "source", "tools"}
-    conv.meta = {k: v for k, v in obj.items() if k not in used}
-    return conv
+        role = _role(t[rt], f"{where}.{rt}", path, line, cols)
+        calls = calls_from_openai(t.get("tool_calls"), f"{where}.tool_calls", path, line)
+        if ct not in t or (t[ct] is None and calls):
+            if not calls:
+                raise LorakitError(f"missing the text ('{content_tag}')", file=path, line=line, field=where)
+            content = ""
+        else:
+            content = _content(t[ct], f"{where}.{ct}", path, line)
+        if role == "function_call":
+            role, calls, content = "assistant", calls_from_text(content), ""
+        msg = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = calls
+        msgs.append(msg)
+    return msgs
 
 
 def _alpaca_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Conversation:
@@ -488,15 +640,17 @@ def _alpaca_record(obj: dict, path: Path, line: int, cols: dict, fmt: str) -> Co
     response = obj[rk]
     if isinstance(response, list):
         raise LorakitError("expected a string, got a list", file=path, line=line, field=rk,
-                           hint="Preference/ranking data (several outputs) is not supported by SFT")
+                           hint="Several outputs are ranking (preference) data: read it with --from preference")
     response = _want_str(response, rk, path, line)
     system = _want_str(obj.get(cols["system"]), cols["system"], path, line, optional=True)
     turns = _history_turns(obj.get(cols["history"]), cols["history"], path, line)
     prompt = instruction + ("\n" + query if query else "")
     turns += [Turn("user", prompt), Turn("assistant", response)]
     used = {pk, rk, cols["query"], cols["system"], cols["history"], "source"}
-    return Conversation(turns=turns, system=system or None, source=_source_of(obj, path, line),
-                        meta={k: v for k, v in obj.items() if k not in used})
+    meta = {k: v for k, v in obj.items() if k not in used}
+    if query:
+        meta[ALPACA_INPUT] = query  # so that writing alpaca again splits instruction and input as they were
+    return Conversation(turns=turns, system=system or None, source=_source_of(obj, path, line), meta=meta)
 
 
 def _history_turns(history: Any, where: str, path: Path, line: int) -> list[Turn]:
@@ -657,17 +811,24 @@ def _read_dataset_info(path: Path, info: Any, dataset: str | None) -> Parsed:
     if "file_name" not in entry:
         raise LorakitError("the dataset lives on a hub; lorakit reads local files only", file=path, field=dataset,
                            hint="Download it and register it with file_name")
-    if entry.get("ranking"):
-        raise LorakitError("preference (ranking) datasets are not supported for SFT", file=path, field=dataset)
     formatting = entry.get("formatting", "alpaca")
-    if formatting not in ("alpaca", "sharegpt"):
-        raise LorakitError(f"unsupported formatting '{formatting}' (alpaca or sharegpt)", file=path,
+    if formatting not in ("alpaca", "sharegpt", "openai"):
+        raise LorakitError(f"unsupported formatting '{formatting}' (alpaca, sharegpt or openai)", file=path,
                            field=f"{dataset}.formatting")
     cols = {**entry.get("columns", {}), **entry.get("tags", {})}
-    if formatting == "alpaca" and "prompt" in cols and "response" not in cols and "query" not in cols:
+    media = [k for k in MEDIA_KEYS if k in cols]
+    if media:
+        raise _multimodal_refusal(f"dataset '{dataset}' has {', '.join(media)} columns", path, field=dataset)
+    if formatting == "sharegpt" and "messages" not in cols:
+        cols["messages"] = "conversations"  # LLaMA-Factory's default for sharegpt
+    if entry.get("ranking"):
+        fmt = "preference"
+    elif "kto_tag" in cols:
+        fmt = "kto"
+    elif formatting == "alpaca" and "prompt" in cols and "response" not in cols and "query" not in cols:
         fmt, cols = "text", {"text": cols["prompt"]}  # pre-training corpus: columns {"prompt": "text"}
     else:
-        fmt = formatting
+        fmt = "messages" if formatting == "openai" else formatting
     data = path.parent / entry["file_name"]
     files = sorted(p for p in data.rglob("*") if p.is_file()) if data.is_dir() else [data]
     if not data.exists():
@@ -701,36 +862,57 @@ def _chat_pairs(conv: Conversation, i: int, fmt: str) -> list[tuple[str, str]]:
     return [(turns[j].content, turns[j + 1].content) for j in range(0, len(turns), 2)]
 
 
-def _with_extras(row: dict, conv: Conversation) -> dict:
+def _with_extras(row: dict, conv, skip: tuple[str, ...] = ()) -> dict:
     src = _clean_source(conv)
     if src:
         row["source"] = src
     for k, v in conv.meta.items():
-        row.setdefault(k, v)
+        if k not in skip:
+            row.setdefault(k, v)
     return row
 
 
 def messages_row(conv: Conversation, i: int = 0) -> dict:
-    row = {"messages": conv.messages()}
+    row: dict[str, Any] = {"messages": conv.messages()}
+    if conv.tools:
+        row["tools"] = conv.tools
     return _with_extras(row, conv)
 
 
 def alpaca_row(conv: Conversation, i: int = 0) -> dict:
     pairs = _chat_pairs(conv, i, "alpaca")
-    row: dict[str, Any] = {"instruction": pairs[-1][0], "input": "", "output": pairs[-1][1]}
+    instruction, query = split_input(pairs[-1][0], conv.meta)
+    row: dict[str, Any] = {"instruction": instruction, "input": query, "output": pairs[-1][1]}
     if conv.system:
         row["system"] = conv.system
     if len(pairs) > 1:
         row["history"] = [list(p) for p in pairs[:-1]]
-    return _with_extras(row, conv)
+    return _with_extras(row, conv, skip=(ALPACA_INPUT,))
+
+
+def split_input(prompt: str, meta: dict) -> tuple[str, str]:
+    """(instruction, input) of an alpaca prompt read earlier with an input (kept in meta), else (prompt, "")."""
+    query = meta.get(ALPACA_INPUT)
+    if isinstance(query, str) and query and prompt.endswith("\n" + query):
+        return prompt[: -len(query) - 1], query
+    return prompt, ""
+
+
+def sharegpt_turn(t: Turn) -> dict:
+    """A turn in LLaMA-Factory's sharegpt form (tool calls as a function_call turn, results as observation)."""
+    if t.tool_calls:
+        calls = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in t.tool_calls]
+        return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)}
+    names = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
+    return {"from": names.get(t.role, t.role), "value": t.content}
 
 
 def sharegpt_row(conv: Conversation, i: int = 0) -> dict:
-    names = {"user": "human", "assistant": "gpt", "system": "system"}
-    row: dict[str, Any] = {"conversations": [{"from": names.get(t.role, t.role), "value": t.content}
-                                             for t in conv.turns]}
+    row: dict[str, Any] = {"conversations": [sharegpt_turn(t) for t in conv.turns]}
     if conv.system:
         row["system"] = conv.system
+    if conv.tools:
+        row["tools"] = json.dumps([t["function"] for t in conv.tools], ensure_ascii=False)
     return _with_extras(row, conv)
 
 
@@ -780,7 +962,7 @@ def _write_csv(path: Path, records: list[Conversation], delim: str) -> Path:
     return path
 
 
-def _write_llamafactory(path: Path, records: list[Conversation], name: str) -> Path:
+def _write_llamafactory(path: Path, records: list, name: str, kind: str = "sft") -> Path:
     if path.name == "dataset_info.json":
         raise LorakitError("name the data file to write (e.g. data/law_qa.json); "
                            "dataset_info.json is written beside it", file=path)
@@ -791,9 +973,19 @@ def _write_llamafactory(path: Path, records: list[Conversation], name: str) -> P
         info = _load_json_whole(info_path, _read_text(info_path))
         if not isinstance(info, dict):
             raise LorakitError("not a LLaMA-Factory dataset_info.json", file=info_path)
-    info[name] = {"file_name": path.name, "formatting": "sharegpt",
-                  "columns": {"messages": "conversations", "system": "system"},
-                  "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
+    entry: dict[str, Any] = {"file_name": path.name, "formatting": "sharegpt",
+                             "columns": {"messages": "conversations", "system": "system"},
+                             "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human",
+                                      "assistant_tag": "gpt", "observation_tag": "observation",
+                                      "function_tag": "function_call"}}
+    if any(getattr(r, "tools", None) for r in records):
+        entry["columns"]["tools"] = "tools"
+    if kind == "preference":
+        entry["ranking"] = True
+        entry["columns"].update(chosen="chosen", rejected="rejected")
+    elif kind == "kto":
+        entry["columns"]["kto_tag"] = "label"
+    info[name] = entry
     write_json(info_path, info)
     return path
 
@@ -801,7 +993,8 @@ def _write_llamafactory(path: Path, records: list[Conversation], name: str) -> P
 def parse_columns(pairs: Iterable[str]) -> dict[str, str] | None:
     """``["prompt=question", "response=answer"]`` (the CLI's --column options) -> a columns mapping."""
     out: dict[str, str] = {}
-    known = set(DEFAULT_COLUMNS) | {"messages", "role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag"}
+    known = set(DEFAULT_COLUMNS) | {"messages", "role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag",
+                                    "observation_tag", "function_tag", "chosen", "rejected", "kto_tag", "tools"}
     for p in pairs:
         role, sep, name = p.partition("=")
         role, name = role.strip(), name.strip()
