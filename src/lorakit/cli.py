@@ -87,7 +87,7 @@ def models_pull(name: str = typer.Argument(..., help="Preset name (see `lorakit 
 
 
 # ---------------------------------------------------------------------------- data
-_FORMATS_HELP = "messages, alpaca, sharegpt, text, csv, tsv or llamafactory"
+_FORMATS_HELP = "messages, alpaca, sharegpt, text, csv, tsv, llamafactory, preference or kto"
 
 
 @data_app.command("convert")
@@ -97,12 +97,14 @@ def data_convert(src: Path = typer.Argument(..., help="Input dataset (format det
                  to: str = typer.Option(..., "--to", help=f"Output format: {_FORMATS_HELP}."),
                  fmt: Optional[str] = typer.Option(None, "--from", help="Force the input format."),
                  column: List[str] = typer.Option([], "--column", help="Map a role to your field, e.g. prompt=question."),
-                 dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to read.")):
+                 dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to read (or FILE:NAME).")):
     """Convert a dataset between formats without losing content."""
     from lorakit.data.formats import parse_columns, read_records, write_records
+    from lorakit.data.preference import kind_of
     records = read_records(src, fmt, columns=parse_columns(column), dataset=dataset)
     write_records(out, records, to)
-    console.print(f"[green]wrote[/] {len(records)} records ({to}) to {out}")
+    kind = {"preference": " preference pairs", "kto": " KTO records"}.get(kind_of(records), " records")
+    console.print(f"[green]wrote[/] {len(records)}{kind} ({to}) to {out}")
 
 
 @data_app.command("check")
@@ -112,14 +114,14 @@ def data_check(file: Path = typer.Argument(..., help="Dataset to check (any supp
                                                    help="Preset, HF folder or .gguf: token lengths under its chat template."),
                cutoff: Optional[int] = typer.Option(None, help="Training cut-off in tokens (default 2048 with --model)."),
                eval_file: Optional[Path] = typer.Option(None, "--eval", help="Eval set to check for train/eval leakage."),
-               fmt: Optional[str] = typer.Option(None, "--format", help="Force the input format."),
+               fmt: Optional[str] = typer.Option(None, "--from", "--format", help="Force the input format."),
                column: List[str] = typer.Option([], "--column", help="Map a role to your field, e.g. prompt=question."),
                threshold: float = typer.Option(0.8, help="Near-duplicate Jaccard similarity threshold."),
                report: Optional[Path] = typer.Option(None, help="Write a Markdown (.md) or HTML (.html) report."),
                json_out: Optional[Path] = typer.Option(None, "--json", help="Write the findings as JSON."),
                fix_out: Optional[Path] = typer.Option(None, "--fix", help="Write a cleaned copy here (input untouched)."),
                mask_pii: bool = typer.Option(False, "--mask-pii", help="With --fix: mask phones, IDs, emails, plates."),
-               dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to check.")):
+               dataset: Optional[str] = typer.Option(None, help="Entry of a dataset_info.json to check (or FILE:NAME).")):
     """Find what makes fine-tuning fail quietly; exit status 1 when errors (not warnings) are found."""
     from lorakit.data.check import check, fix
     from lorakit.data.formats import parse_columns

@@ -10,7 +10,10 @@ Checks, in order: parse errors, role order, empty fields, exact and near duplica
 character n-grams; questions about the same source article may overlap), train/eval leakage (exact and near), token length against the cut-off under the model's
 own chat template (truncated answers, zero supervised tokens), answers that repeat the question, PII
 (mainland mobile numbers, resident ID numbers with a valid check digit, emails, licence plates), question and
-answer in different languages, and full-width/half-width inconsistencies.
+answer in different languages, and full-width/half-width inconsistencies. Preference and KTO records are
+checked as the conversation of their prompt and (chosen) reply, plus what only they can get wrong: a chosen reply
+the same as the rejected one, an empty reply, and labels all on one side. Tool-calling records: calls that do not
+parse as JSON and calls to a tool the record does not declare.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ import numpy as np
 
 from lorakit.data import minhash
 from lorakit.data.formats import parse_records, write_records
-from lorakit.data.record import Conversation, Turn, role_order_problem
+from lorakit.data.preference import label_balance, preference_findings
+from lorakit.data.record import Conversation, Preference, Turn, record_kind, role_order_problem
+from lorakit.data.tools import tool_call_problem
 from lorakit.errors import LorakitError
 
 # code -> (severity, what it means); the order is the order of the summary table
@@ -33,6 +38,9 @@ CHECKS: dict[str, tuple[str, str]] = {
     "parse": ("error", "records that do not parse"),
     "role_order": ("error", "wrong role order"),
     "empty": ("error", "empty or whitespace-only fields"),
+    "same_pair": ("error", "preference pairs whose chosen and rejected replies are the same"),
+    "tool_call": ("error", "tool calls that do not parse as JSON or call an undeclared tool"),
+    "label_balance": ("warning", "KTO labels far out of balance"),
     "duplicate": ("warning", "exact duplicates"),
     "near_duplicate": ("warning", "near duplicates"),
     "leak": ("error", "eval items that are also in the training data"),
@@ -103,7 +111,7 @@ class Report:
         return {code: c.get(code, 0) for code in CHECKS}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "format": self.fmt, "eval_file": self.eval_path, "model": self.model,
+        return {"file": self.path, "format": self.fmt, "kind": self.stats.get("kind"), "eval_file": self.eval_path, "model": self.model,
                 "cutoff": self.cutoff, "ok": self.ok, "errors": len(self.errors), "warnings": len(self.warnings),
                 "counts": self.counts(), "stats": self.stats,
                 "checks": {code: {"severity": s, "description": d} for code, (s, d) in CHECKS.items()},
@@ -125,6 +133,7 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
     say("reading")
     parsed = parse_records(path, fmt, columns=columns, dataset=dataset)
     records = parsed.records
+    views = [as_conversation(r) for r in records]  # what the SFT-style checks and the token count look at
     if tokenizer is not None and cutoff is None:
         cutoff = DEFAULT_CUTOFF
     if cutoff is not None and tokenizer is None:
@@ -141,10 +150,15 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
     broken = np.zeros(len(records), bool)  # records later checks should skip
     texts = [_record_text(r) for r in records]
     for i, r in enumerate(records):
-        for f in _record_findings(r, i):
+        for f in _record_findings(views[i], i) + _kind_findings(r, views[i], i):
             add(f)
-            if f.code in ("role_order", "empty"):
+            if f.code in ("role_order", "empty", "tool_call"):
                 broken[i] = True
+    balance = label_balance(records)
+    if balance and min(balance.values()) * 4 < max(balance.values()):
+        add(Finding("label_balance", f"{balance['desirable']} desirable and {balance['undesirable']} undesirable "
+                    "replies: KTO learns from both sides (its paper keeps them within about 4:1; set "
+                    "pref.desirable_weight / undesirable_weight to balance)", str(path)))
 
     say("finding duplicates")
     norm = [minhash.normalize(t) for t in texts]
@@ -162,12 +176,12 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
 
     if eval_path is not None:
         say("looking for leakage")
-        for f in _leakage(records, norm, Path(eval_path), columns, near_threshold, ngram):
+        for f in _leakage(views, norm, Path(eval_path), columns, near_threshold, ngram):
             add(f)
 
     if tokenizer is not None:
         say("counting tokens")
-        report.token_lengths = _token_findings(records, broken, tokenizer, cutoff, report)
+        report.token_lengths = _token_findings(views, broken, tokenizer, cutoff, report)
 
     report.char_lengths = [len(t) for t in texts]
     report.stats = _stats(report, parsed.lines)
@@ -176,9 +190,30 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
 
 
 # ============================================================================ per-record checks
-def _record_text(r: Conversation) -> str:
-    """What duplicate and leakage search compare: every turn's words (the shared system prompt left out)."""
-    return "\n".join(t.content for t in r.turns)
+def as_conversation(r) -> Conversation:
+    """The conversation a record trains like: itself, or a preference/KTO record's prompt and (chosen) reply."""
+    return r if isinstance(r, Conversation) else r.conversation()
+
+
+def _record_text(r) -> str:
+    """What duplicate and leakage search compare: every turn's words (the shared system prompt left out); for a
+    pair both replies, so that one prompt with several rejected replies is not a duplicate."""
+    return "\n".join(t.content for t in r.turns) if isinstance(r, Conversation) else r.text()
+
+
+def _kind_findings(r, view: Conversation, i: int) -> list[Finding]:
+    """Findings only preference, KTO and tool-calling records can have."""
+    file, line = view.source.get("file"), view.source.get("line")
+    out = [Finding(code, msg, file, line, fld, i) for code, msg, fld in preference_findings(r)]
+    if isinstance(r, Preference):
+        problem = role_order_problem(r.conversation("rejected"))
+        if problem and not role_order_problem(view):
+            out.append(Finding("role_order", problem, file, line, "rejected", i))
+    problem = tool_call_problem(view) or (tool_call_problem(r.conversation("rejected"))
+                                          if isinstance(r, Preference) else None)
+    if problem:
+        out.append(Finding("tool_call", problem, file, line, "tool_calls", i))
+    return out
 
 
 def _fields(r: Conversation) -> list[tuple[str, str]]:
@@ -241,7 +276,8 @@ def _exact_duplicates(records: list[Conversation]) -> dict[int, int]:
     first: dict[bytes, int] = {}
     out: dict[int, int] = {}
     for i, r in enumerate(records):
-        key = "\x1e".join([(r.system or "").strip()] + [t.role + "\x1f" + t.content.strip() for t in r.turns])
+        key = "\x1e".join([(r.system or "").strip(), _record_text(r).strip()]) if not isinstance(r, Conversation) else \
+            "\x1e".join([(r.system or "").strip()] + [t.role + "\x1f" + t.content.strip() for t in r.turns])
         h = hashlib.blake2b(key.encode(), digest_size=16).digest()
         if h in first:
             out[i] = first[h]
@@ -460,10 +496,12 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def _stats(report: Report, attempted: int) -> dict[str, Any]:
-    recs = report.records
+    kinds = Counter(record_kind(r) for r in report.records)
+    recs = [as_conversation(r) for r in report.records]
     langs = Counter((language(r.text()) or "other") for r in recs)
     turns = Counter(len(r.turns) for r in recs)
     stats: dict[str, Any] = {
+        "kind": kinds.most_common(1)[0][0] if kinds else "sft",
         "records": attempted,
         "parsed": len(recs),
         "with_system": sum(1 for r in recs if r.system),
@@ -472,7 +510,11 @@ def _stats(report: Report, attempted: int) -> dict[str, Any]:
         "turns": {str(k): v for k, v in sorted(turns.items())},
         "languages": {"zh": langs.get("zh", 0), "en": langs.get("en", 0), "other": langs.get("other", 0)},
         "characters": _percentiles(report.char_lengths),
+        "tool_calling": sum(1 for r in recs if any(t.tool_calls for t in r.turns)),
     }
+    balance = label_balance(report.records)
+    if balance:
+        stats["labels"] = balance
     if report.token_lengths:
         toks = [n for n in report.token_lengths if n]
         stats["tokens"] = _percentiles(toks)
@@ -490,7 +532,8 @@ class FixResult:
     masked: int
 
 
-DROP = ("role_order", "empty", "duplicate", "near_duplicate", "leak", "near_leak", "no_supervised")
+DROP = ("role_order", "empty", "duplicate", "near_duplicate", "leak", "near_leak", "no_supervised", "same_pair",
+        "tool_call")
 
 
 def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None = None,
@@ -509,6 +552,9 @@ def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None 
     for i, r in enumerate(report.records):
         if i in drop_reason:
             continue
+        if not isinstance(r, Conversation):  # preference/KTO records are kept as they are
+            kept.append(r)
+            continue
         turns = []
         trimmed += any(t.content != t.content.strip() for t in r.turns) or \
             (r.system is not None and r.system != r.system.strip())
@@ -518,13 +564,14 @@ def fix(report: Report, out: str | Path, *, mask: bool = False, fmt: str | None 
                 m = mask_pii(c)
                 masked += m != c
                 c = m
-            turns.append(Turn(t.role, c))
+            turns.append(Turn(t.role, c, t.tool_calls))
         system = r.system.strip() if r.system is not None else None
         if mask and system:
             m = mask_pii(system)
             masked += m != system
             system = m
-        kept.append(Conversation(turns=turns, system=system or None, source=dict(r.source), meta=dict(r.meta)))
+        kept.append(Conversation(turns=turns, system=system or None, source=dict(r.source), meta=dict(r.meta),
+                                 tools=r.tools))
     fmt = fmt or (report.fmt if report.fmt != "llamafactory" else "messages")
     write_records(out, kept, fmt)
     return FixResult(out, len(kept), dict(Counter(drop_reason.values())), trimmed, masked)

@@ -17,7 +17,9 @@ SHOW = 40  # findings listed in the terminal (all of them go to the report files
 def summary_table(report: Report) -> Table:
     """One row per check: severity, how many were found, the first few places."""
     s = report.stats
-    title = f"data check: {report.path} ({report.fmt}, {s.get('parsed', 0)} of {s.get('records', 0)} records parsed)"
+    kind = {"preference": "preference pairs, ", "kto": "KTO records, "}.get(s.get("kind"), "")
+    title = (f"data check: {report.path} ({report.fmt}, {kind}{s.get('parsed', 0)} of {s.get('records', 0)} "
+             "records parsed)")
     t = Table(title=title, title_justify="left", show_lines=False)
     t.add_column("check")
     t.add_column("severity")
@@ -48,6 +50,13 @@ def stats_table(report: Report) -> Table:
     t.add_row("languages", f"Chinese {langs.get('zh', 0)}, English {langs.get('en', 0)}, "
                            f"mixed/other {langs.get('other', 0)}")
     t.add_row("characters", _dist(s.get("characters")))
+    if s.get("kind", "sft") != "sft":
+        t.add_row("kind", {"preference": "preference pairs (prompt, chosen, rejected): stage dpo, orpo, simpo or kto",
+                           "kto": "KTO (prompt, reply, desirable or not): stage kto"}[s["kind"]])
+    if "labels" in s:
+        t.add_row("labels", f"{s['labels']['desirable']} desirable, {s['labels']['undesirable']} undesirable")
+    if s.get("tool_calling"):
+        t.add_row("tool calling", f"{s['tool_calling']} records call tools")
     if "tokens" in s:
         t.add_row("tokens", _dist(s["tokens"]) + f" (model {report.model})")
         t.add_row("over the cut-off", f"{s.get('over_cutoff', 0)} of {s.get('parsed', 0)} (cut-off {report.cutoff})")
