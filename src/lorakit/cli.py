@@ -291,9 +291,11 @@ def train(ctx: typer.Context,
                                                                  "and estimate; load no model."),
           resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run folder from its latest "
                                                                         "checkpoint.")):
-    """Fine-tune with LoRA (TRL SFTTrainer + PEFT): lorakit train [CONFIG.yaml] [--key value ...].
+    """Fine-tune with LoRA (TRL + PEFT): lorakit train [CONFIG.yaml] [--key value ...].
 
     Any config key can be given as a flag and overrides the file: --epochs 2 --lora.r 16 --data train.jsonl.
+    --stage sft (default), dpo, orpo, simpo (preference pairs) or kto (labelled replies); --adapter RUN starts
+    from an SFT adapter; --pref.beta, --pref.loss_type tune the objective.
     """
     from lorakit.config import parse_overrides
     from lorakit.train.recipe import train_from_cli

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorakit.errors import LorakitError
 
@@ -30,6 +30,32 @@ class ReplaySettings(Strict):
                                                        "five; all of the file when it holds fewer)")
 
 
+STAGES = ("sft", "dpo", "orpo", "kto", "simpo")
+# loss types TRL 1.16 implements for each objective (ORPO and SimPO have one loss each)
+LOSS_TYPES = {
+    "dpo": ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+            "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"),
+    "kto": ("kto", "apo_zero_unpaired"),
+}
+# learning rate when the config gives none: preference objectives move a model that already answers, and the
+# usual LoRA settings for them (LLaMA-Factory's examples, TRL's docs) are one to two orders below SFT's
+DEFAULT_LR = {"sft": 2e-4, "dpo": 5e-5, "orpo": 5e-5, "kto": 5e-5, "simpo": 5e-5}
+
+
+class PreferenceSettings(Strict):
+    """Settings of the preference objectives (stage dpo, orpo, kto, simpo); ignored by sft."""
+
+    beta: float | None = Field(None, gt=0, description="how far the policy may move from the reference (DPO, KTO: "
+                                                        "β of the log-ratio; ORPO: λ of the odds-ratio term; SimPO: "
+                                                        "reward scale). Default 0.1; SimPO 2.0 as in its paper")
+    loss_type: str | None = Field(None, description="dpo: sigmoid (default), hinge, ipo, robust, …; kto: kto "
+                                                    "(default) or apo_zero_unpaired")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin γ")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO robust/EXO: share of flipped labels")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable replies")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable replies")
+
+
 class TrainConfig(Strict):
     """Everything one training run needs. Defaults are the CPU-friendly ones `doctor` recommends."""
 
@@ -42,6 +68,12 @@ class TrainConfig(Strict):
     runs_dir: str = "runs"
     name: str | None = None
 
+    stage: Literal["sft", "dpo", "orpo", "kto", "simpo"] = Field(
+        "sft", description="training objective: sft, or a preference objective on pairs (dpo, orpo, simpo) or on "
+                           "labelled replies (kto)")
+    adapter: str | None = Field(None, description="start from this LoRA adapter (an SFT run folder or adapter "
+                                                  "folder) instead of a new one; DPO/KTO then use it as reference")
+    pref: PreferenceSettings = Field(default_factory=PreferenceSettings)
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
@@ -78,6 +110,31 @@ class TrainConfig(Strict):
             raise ValueError("must be a file path, not empty")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_learning_rate(cls, raw):
+        if isinstance(raw, dict) and "learning_rate" not in raw and raw.get("stage") in DEFAULT_LR:
+            raw = {**raw, "learning_rate": DEFAULT_LR[raw["stage"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _stage_settings(self):
+        lt = self.pref.loss_type
+        if lt is not None:
+            allowed = LOSS_TYPES.get(self.stage)
+            if allowed is None:
+                raise ValueError(f"pref.loss_type does not apply to stage {self.stage} (it has one loss); "
+                                 "loss types exist for dpo and kto")
+            if lt not in allowed:
+                raise ValueError(f"pref.loss_type '{lt}' is not a {self.stage} loss (one of: {', '.join(allowed)})")
+        if self.adapter is not None and self.method == "full":
+            raise ValueError("adapter continues a LoRA adapter, which method full does not train")
+        return self
+
+    def beta(self) -> float:
+        """pref.beta, or the stage's default (0.1; SimPO 2.0)."""
+        return self.pref.beta if self.pref.beta is not None else (2.0 if self.stage == "simpo" else 0.1)
+
 
 def _field_help(model: type[BaseModel], loc: tuple) -> str:
     """The allowed keys (for an unknown key) or the field's own description."""
@@ -98,6 +155,8 @@ def validation_error(e: ValidationError, source: str, model: type[BaseModel]) ->
             lines.append(f"unknown key '{key}' (allowed here: {_field_help(model, err['loc'])})")
         elif err["type"] == "missing":
             lines.append(f"'{key}' is required")
+        elif not key:  # a rule across keys (model validator): its message names them
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             given = err.get("input")
             lines.append(f"'{key}': {err['msg']} (got {given!r})")

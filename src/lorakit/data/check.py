@@ -345,7 +345,7 @@ def _token_findings(records, broken, tokenizer, cutoff: int, report: Report, bat
     todo = [i for i in range(len(records)) if not broken[i]]
     for b in range(0, len(todo), batch):
         idx = todo[b:b + batch]
-        rendered = [assistant_char_spans(tokenizer, records[i].messages()) for i in idx]
+        rendered = [assistant_char_spans(tokenizer, records[i].messages(), tools=records[i].tools) for i in idx]
         texts = [t for t, _ in rendered]
         if backend is not None:  # the Rust encodings directly: no per-token Python objects
             encodings = backend.encode_batch(texts, add_special_tokens=False)

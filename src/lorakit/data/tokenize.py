@@ -19,7 +19,8 @@ Span = tuple[int, int]
 _RENDERERS: dict[tuple[int, str], object] = {}
 
 
-def render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool = False) -> str:
+def render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
     """The chat template applied to ``messages`` as text (same result as ``apply_chat_template``, ~5x faster).
 
     The compiled template is rendered directly with the tokenizer's special tokens, which is what
@@ -27,6 +28,9 @@ def render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool =
     falls back to ``apply_chat_template`` for good if they ever differ.
     """
     messages = [dict(m) for m in messages]
+    if tools or any(m.get("tool_calls") for m in messages):  # the probe checked plain turns only
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
     fast = _fast_renderer(tokenizer)
     if fast is not None:
         compiled, specials = fast
@@ -64,7 +68,8 @@ def _fast_renderer(tokenizer):
     return compiled
 
 
-def assistant_char_spans(tokenizer, messages: Sequence[dict], *, last_turn_only: bool = False) -> tuple[str, list[Span]]:
+def assistant_char_spans(tokenizer, messages: Sequence[dict], *, last_turn_only: bool = False,
+                         tools: list[dict] | None = None) -> tuple[str, list[Span]]:
     """The rendered conversation and the character spans the model is trained to produce.
 
     A conversation without a user turn (plain text for continued pre-training) is the text itself followed by
@@ -75,21 +80,21 @@ def assistant_char_spans(tokenizer, messages: Sequence[dict], *, last_turn_only:
     if roles == ["assistant"]:
         text = messages[-1]["content"] + (tokenizer.eos_token or "")
         return text, [(0, len(text))]
-    full = render(tokenizer, messages)
+    full = render(tokenizer, messages, tools=tools)
     targets = [i for i, r in enumerate(roles) if r == "assistant"]
     if last_turn_only:
         targets = targets[-1:]
     spans: list[Span] = []
     cursor = 0
     for i in targets:
-        before = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = full if i == len(messages) - 1 else render(tokenizer, messages[:i + 1])
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        through = full if i == len(messages) - 1 else render(tokenizer, messages[:i + 1], tools=tools)
         if through.startswith(before) and full.startswith(through):
             start, end = len(before), len(through.rstrip())
         else:
             # The template rewrites earlier turns once later ones exist (e.g. it drops reasoning from history):
             # the turn starts where the generation prompt ends and runs to the template's closing text.
-            content = messages[i]["content"]
+            content = messages[i]["content"] or ""
             tail = through[len(before):] if through.startswith(before) else through
             k = tail.rfind(content) if content else -1
             closing = tail[k + len(content):].rstrip() if k >= 0 else tail.rstrip()
@@ -152,13 +157,13 @@ def mask_from_offsets(offsets: Sequence[Sequence[int]], spans: Sequence[Span]) -
 
 
 def assistant_spans(tokenizer, messages: Sequence[dict], max_length: int | None = None, *,
-                    last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+                    last_turn_only: bool = False, tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the conversation under its chat template and the loss mask (1 = trained on).
 
     The mask covers exactly each assistant turn's content and its end-of-turn token; with ``last_turn_only``
     only the final assistant turn. Both lists are cut to ``max_length`` tokens when it is given.
     """
-    text, spans = assistant_char_spans(tokenizer, messages, last_turn_only=last_turn_only)
+    text, spans = assistant_char_spans(tokenizer, messages, last_turn_only=last_turn_only, tools=tools)
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, mask = list(enc["input_ids"]), mask_from_offsets(enc["offset_mapping"], spans)

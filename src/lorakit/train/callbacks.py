@@ -15,7 +15,8 @@ PROCESS_FILE = "process.json"  # present while a run trains: who trains it and t
 
 
 def plot_metrics(metrics_file: Path, out_png: Path) -> Path | None:
-    """Loss (train and eval) and learning rate against step, written atomically as a PNG."""
+    """Loss (train and eval) and learning rate against step, written atomically as a PNG; for a preference
+    objective a second panel shows the reward margin and the chosen/rejected log-probabilities."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -26,13 +27,20 @@ def plot_metrics(metrics_file: Path, out_png: Path) -> Path | None:
     lrs = [(r["step"], r["learning_rate"]) for r in rows if "learning_rate" in r]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    pref = {k: [(r["step"], r[k]) for r in rows if k in r and "eval_loss" not in r]
+            for k in ("rewards/margins", "logps/chosen", "logps/rejected")}
+    if pref["rewards/margins"] or pref["logps/chosen"]:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+        _plot_preference(bx, pref)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", lw=1.2)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange", lw=1.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (per supervised token)")
+    ax.set_ylabel("loss (per supervised token)" if not (pref["rewards/margins"] or pref["logps/chosen"])
+                  else "objective loss")
     ax.grid(alpha=0.3)
     if lrs:
         ax2 = ax.twinx()
@@ -49,6 +57,24 @@ def plot_metrics(metrics_file: Path, out_png: Path) -> Path | None:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out_png
+
+
+def _plot_preference(ax, series: dict) -> None:
+    """Reward margin (left axis) and mean log-probabilities of the chosen and rejected replies (right axis)."""
+    if series["rewards/margins"]:
+        ax.plot(*zip(*series["rewards/margins"]), color="tab:green", lw=1.2, label="reward margin (chosen − rejected)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward margin")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    for k, colour in (("logps/chosen", "tab:blue"), ("logps/rejected", "tab:red")):
+        if series[k]:
+            ax2.plot(*zip(*series[k]), color=colour, lw=0.9, ls="--", label=k.replace("logps/", "log-prob ") + " reply")
+    ax2.set_ylabel("log-probability of the reply")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, loc="best", fontsize=8)
+    ax.set_title("preference")
 
 
 class RunLogCallback(TrainerCallback):

@@ -1,6 +1,9 @@
 """The training recipe, top to bottom: config → data → tokens and loss mask → model + LoRA → TRL → run folder.
 
-Every user mistake (bad config, unreadable data, records with nothing to learn) is raised before a model loads.
+One recipe for every objective: ``stage`` sft trains conversations with `LorakitTrainer`; dpo, orpo, kto and simpo
+train preference or KTO records with the TRL trainer `lorakit.train.objectives` picks, on the same model, adapter,
+run folder, callbacks, checkpoints and resume. Every user mistake (bad config, unreadable data, records of the wrong
+kind or with nothing to learn) is raised before a model loads.
 """
 from __future__ import annotations
 
@@ -72,19 +75,24 @@ def load_records(cfg: TrainConfig):
     import random
 
     from lorakit.data.formats import read_records
-    from lorakit.data.record import role_order_problem
+    from lorakit.data.record import Preference, role_order_problem
+    from lorakit.data.tools import tool_call_problem
+    from lorakit.train.objectives import records_for_stage, views
 
     def read(path: str) -> list:
         records = read_records(path)
         if not records:
             raise LorakitError("this file has no records", file=path)
-        for conv in records:
-            problem = role_order_problem(conv)
+        records = records_for_stage(records, cfg.stage, path)
+        for rec in records:
+            convs = [rec.conversation("chosen"), rec.conversation("rejected")] if isinstance(rec, Preference) else \
+                views([rec])
+            problem = next((p for c in convs for p in (role_order_problem(c), tool_call_problem(c)) if p), None)
             if problem:
-                raise LorakitError(problem, file=conv.source.get("file", path), line=conv.source.get("line"),
+                raise LorakitError(problem, file=rec.source.get("file", path), line=rec.source.get("line"),
                                    field="messages", hint="Run `lorakit data check` for a full report")
-            if cfg.system_prompt and not conv.system:
-                conv.system = cfg.system_prompt
+            if cfg.system_prompt and not rec.system:
+                rec.system = cfg.system_prompt
         return records
 
     train = read(cfg.data)
@@ -107,11 +115,12 @@ def encode(records, tokenizer, cfg: TrainConfig) -> Encoded:
     from lorakit.data.tokenize import assistant_spans
     from lorakit.models.chat import end_of_turn_id
 
+    from lorakit.train.objectives import views
     eos = end_of_turn_id(tokenizer)
     out = Encoded(rows=[], eos_id=eos)
-    for conv in records:
+    for conv in views(records):
         ids, mask = assistant_spans(tokenizer, conv.messages(), max_length=None,
-                                    last_turn_only=cfg.train_turns == "last")
+                                    last_turn_only=cfg.train_turns == "last" or cfg.stage != "sft", tools=conv.tools)
         full = len(ids)
         if not cfg.completion_only:
             mask = [1] * len(ids)
@@ -280,7 +289,15 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     model_path = resolve(cfg.model, console=console)
     tokenizer = load_tokenizer(model_path)
 
-    # 3. tokens and loss mask
+    # 3. tokens and loss mask (preference stages: prompt + chosen reply, for the checks and the lengths; TRL
+    #    tokenizes the pairs itself under the same chat template)
+    from lorakit.data.tools import template_supports_tools
+    from lorakit.train.objectives import views
+    if any(r.tools or any(t.tool_calls for t in r.turns) for r in views(train_recs + eval_recs)) and \
+            not template_supports_tools(tokenizer):
+        raise LorakitError("the data calls tools, but this model's chat template cannot render tool calls or tool "
+                           "results (they would vanish from the training text)", field="model",
+                           hint="Use a model whose chat template supports tools (Qwen2.5 does), or drop those records")
     enc = encode(train_recs, tokenizer, cfg)
     check_encoded(enc, train_recs, tokenizer, cfg)
     eval_enc = encode(eval_recs, tokenizer, cfg) if eval_recs else None
@@ -295,12 +312,24 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     if dry_run:
         from lorakit.doctor import estimate
         say(f"[bold]{len(enc.rows)}[/] training records{f' (of them {replayed} replay)' if replayed else ''}, "
-            f"{len(eval_recs)} eval records; model {model_path}")
+            f"{len(eval_recs)} eval records; stage {cfg.stage}" + (f" (β {cfg.beta()})" if cfg.stage != "sft" else "")
+            + f"; model {model_path}" + (f"; starting from adapter {cfg.adapter}" if cfg.adapter else ""))
         say(f"precision: {precision.why}")
-        for i, row in enumerate(enc.rows[:2]):
-            say(f"\n[bold]example {i + 1}[/] ({len(row['input_ids'])} tokens, "
-                f"{enc.supervised[i]} trained: [bold black on green]highlighted[/])")
-            render_mask(tokenizer, row, console)
+        if cfg.stage == "sft":
+            for i, row in enumerate(enc.rows[:2]):
+                say(f"\n[bold]example {i + 1}[/] ({len(row['input_ids'])} tokens, "
+                    f"{enc.supervised[i]} trained: [bold black on green]highlighted[/])")
+                render_mask(tokenizer, row, console)
+        else:
+            from lorakit.data.tokenize import assistant_spans
+            from lorakit.train.objectives import describe
+            for i, rec in enumerate(train_recs[:2]):
+                for label, msgs in describe(rec):
+                    ids, mask = assistant_spans(tokenizer, msgs, last_turn_only=True, tools=rec.tools)
+                    say(f"\n[bold]example {i + 1}, {label}[/] ({len(ids)} tokens, {sum(mask)} scored: "
+                        "[bold black on green]highlighted[/])")
+                    render_mask(tokenizer, {"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]},
+                                console)
         say(f"\ntoken lengths: {lengths}")
         say(f"trained tokens: {supervised} of {lengths.get('total', 0)} "
             f"({100 * supervised / max(1, lengths.get('total', 1)):.0f}%); truncated at max_length={cfg.max_length}: "
@@ -340,6 +369,10 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
 
     model = load_for_training(model_path, cfg, precision)
     peft_cfg = None if cfg.method == "full" else peft_config(cfg)
+    if cfg.adapter:  # continue this adapter (DPO/KTO: a frozen copy of it is the reference)
+        from lorakit.models.load import attach_adapter
+        model = attach_adapter(model, cfg.adapter, trainable=True)
+        peft_cfg = None
 
     use_cpu = precision.device == "cpu"
     padding_free = resolve_padding_free(cfg, model)
@@ -347,7 +380,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     eval_strategy = "steps" if (eval_enc and cfg.eval_steps) else ("epoch" if eval_enc else "no")
     early = cfg.early_stopping_patience is not None and eval_enc is not None
-    args = SFTConfig(
+    common = dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -359,9 +392,6 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         **{_checkpointing_arg(): cfg.gradient_checkpointing},
-        max_length=cfg.max_length if (cfg.packing or not padding_free) else None,  # already truncated
-        packing=cfg.packing,
-        padding_free=padding_free and not cfg.packing,
         bf16=precision.autocast == "bfloat16",
         fp16=precision.autocast == "float16",
         use_cpu=use_cpu,
@@ -390,15 +420,21 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     callbacks = [RunLogCallback(run_dir, progress=progress), stopper, progress]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = LorakitTrainer(
-        model=model, args=args, processing_class=tokenizer, peft_config=peft_cfg,
-        train_dataset=Dataset.from_list(enc.rows),
-        eval_dataset=Dataset.from_list(eval_enc.rows) if eval_enc else None,
-        callbacks=callbacks,
-    )
+    if cfg.stage == "sft":
+        args = SFTConfig(**common, max_length=cfg.max_length if (cfg.packing or not padding_free) else None,
+                         packing=cfg.packing, padding_free=padding_free and not cfg.packing)  # rows already truncated
+        trainer = LorakitTrainer(
+            model=model, args=args, processing_class=tokenizer, peft_config=peft_cfg,
+            train_dataset=Dataset.from_list(enc.rows),
+            eval_dataset=Dataset.from_list(eval_enc.rows) if eval_enc else None,
+            callbacks=callbacks,
+        )
+    else:
+        from lorakit.train.objectives import preference_trainer
+        trainer = preference_trainer(cfg, model, tokenizer, train_recs, eval_recs, common, callbacks, peft_cfg)
     trainer.remove_callback(__import__("transformers").trainer_callback.PrinterCallback)
     trainable, total = count_params(trainer.model)
-    say(f"training {trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters "
+    say(f"{cfg.stage}: training {trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters "
         f"({100 * trainable / total:.2f} %) · {precision.why} · {steps} steps → {run_dir}")
 
     # 6. train (resume restores optimizer, scheduler, RNG and data order through the Trainer)
@@ -414,20 +450,23 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     adapter_dir = run_dir / ("adapter" if cfg.method != "full" else "model")
     final_eval = final_eval_metrics(trainer, state, early) if (eval_enc and not interrupted) else {}
     if main:
-        with atomic_path(adapter_dir, is_dir=True) as tmp:
-            trainer.model.save_pretrained(str(tmp))
+        adapters = list(getattr(trainer.model, "peft_config", {}) or {})
+        with atomic_path(adapter_dir, is_dir=True) as tmp:  # DPO/KTO's frozen "ref" copy is not part of the result
+            trainer.model.save_pretrained(str(tmp), **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
             tokenizer.save_pretrained(str(tmp))
         from lorakit.doctor import peak_memory_mb
-        tokens_seen = trainer._total_train_tokens
+        from lorakit.train.objectives import last_preference_metrics
+        tokens_seen = getattr(trainer, "_total_train_tokens", None) or state.num_input_tokens_seen or None
         summary = {
             "run_dir": str(run_dir), "model": cfg.model, "model_path": str(model_path), "method": cfg.method,
+            "stage": cfg.stage, "started_from_adapter": cfg.adapter,
             "status": "interrupted" if interrupted else "finished",
             "global_step": state.global_step, "max_steps": state.max_steps, "epochs": round(state.epoch or 0, 3),
             "train_loss": round(out.training_loss, 5) if out.training_loss == out.training_loss else None,
             "eval_loss": round(final_eval["eval_loss"], 5) if "eval_loss" in final_eval else None,
             "train_seconds": round(seconds, 1),
             "tokens_seen": tokens_seen,
-            "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
+            "tokens_per_second": round(tokens_seen / seconds, 1) if (seconds > 0 and tokens_seen) else None,
             "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": peak_memory_mb(precision.device),
             "precision": precision.why, "world_size": world_size(),
@@ -436,6 +475,8 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "answer_cut": enc.answer_cut,
             "resumed_from": str(resume_from) if resume_from else None,
         }
+        if cfg.stage != "sft":
+            summary["preference"] = {"beta": cfg.beta(), **last_preference_metrics(state.log_history)}
         write_json(run_dir / "summary.json", summary)
         from lorakit.train.callbacks import PROCESS_FILE, plot_metrics
         if (run_dir / "metrics.jsonl").exists():
