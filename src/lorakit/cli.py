@@ -191,6 +191,31 @@ def data_build(docs: List[Path] = typer.Argument(..., help="Markdown or text doc
     console.print("check: " + (", ".join(f"{v} {k}" for k, v in c.items()) if c else "[green]no problems found[/]"))
 
 
+@data_app.command("pairs")
+@friendly
+def data_pairs(file: Path = typer.Argument(..., help="Q&A records with reference answers citing their article."),
+               out: Path = typer.Option(..., "--out", "-o", help="Output JSONL of preference pairs (TRL's form)."),
+               model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+               adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="The SFT adapter (or run folder) "
+                                                                                  "whose answers to improve."),
+               samples: int = typer.Option(1, help="Answers per question (needs --temperature above 0)."),
+               temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
+               reasons: str = typer.Option(",".join(("wrong_article", "no_article", "unsupported_figures")),
+                                           help="Which defects make an answer rejected."),
+               max_new_tokens: int = typer.Option(160), batch_size: int = typer.Option(8),
+               limit: Optional[int] = typer.Option(None, help="Use only the first N questions.")):
+    """DPO pairs from your own Q&A: the reference answer is chosen, the model's answer rejected when it cites a
+    wrong article, none, or figures the reference does not state."""
+    from lorakit.data.pairs import pairs
+    with console.status("answering…"):
+        res = pairs(file, out, model=model, adapter=adapter, samples=samples, temperature=temperature,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+                    reasons=[r.strip() for r in reasons.split(",") if r.strip()], console=console)
+    why = ", ".join(f"{n} {k}" for k, n in res.reasons.most_common())
+    console.print(f"[green]wrote[/] {res.pairs} pairs to {res.path} from {res.answers} answers to {res.questions} "
+                  f"questions ({why}; {res.no_defect} answers had no defect)")
+
+
 @data_app.command("split")
 @friendly
 def data_split(file: Path = typer.Argument(..., help="Dataset to split (any supported format)."),

@@ -221,7 +221,8 @@ def _fields(r: Conversation) -> list[tuple[str, str]]:
     counts: Counter = Counter()
     for t in r.turns:
         counts[t.role] += 1
-        out.append((f"{t.role} turn {counts[t.role]}", t.content))
+        if not (t.tool_calls and not t.content):  # a turn that only calls a tool has no text, rightly
+            out.append((f"{t.role} turn {counts[t.role]}", t.content))
     return out
 
 

@@ -67,9 +67,10 @@ def start_processors(tokenizer, starts, prompt_len: int):
 
 def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
              batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None,
-             starts: Sequence[Sequence[str] | None] | None = None) -> list[str]:
-    """Greedy answers for each message list (left-padded batches, stop at the end-of-turn token).
-    ``starts``: per conversation, the strings its answer must begin with one of (`AllowedStarts`), or None."""
+             starts: Sequence[Sequence[str] | None] | None = None, temperature: float = 0.0) -> list[str]:
+    """Greedy answers (or sampled, with ``temperature`` > 0) for each message list (left-padded batches, stop at
+    the end-of-turn token). ``starts``: per conversation, the strings its answer must begin with one of
+    (`AllowedStarts`), or None."""
     import torch
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -87,8 +88,10 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
             width = enc["input_ids"].shape[1]
             extra = start_processors(tokenizer, [starts[i] for i in idx] if starts else None, width)
             with torch.no_grad(), autocast_ctx(model, precision):
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id, **extra)
+                sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} \
+                    if temperature > 0 else {"do_sample": False}
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id, **extra, **sampling)
             for row, i in zip(gen[:, width:], idx):
                 out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             if on_batch:
