@@ -29,7 +29,7 @@ import numpy as np
 from lorakit.data import minhash
 from lorakit.data.formats import parse_records, write_records
 from lorakit.data.preference import label_balance, preference_findings
-from lorakit.data.record import Conversation, Preference, Turn, record_kind, role_order_problem
+from lorakit.data.record import Conversation, Preference, Turn, as_conversation, record_kind, role_order_problem
 from lorakit.data.tools import tool_call_problem
 from lorakit.errors import LorakitError
 
@@ -190,11 +190,6 @@ def check(path: str | Path, *, fmt: str | None = None, columns: dict | None = No
 
 
 # ============================================================================ per-record checks
-def as_conversation(r) -> Conversation:
-    """The conversation a record trains like: itself, or a preference/KTO record's prompt and (chosen) reply."""
-    return r if isinstance(r, Conversation) else r.conversation()
-
-
 def _record_text(r) -> str:
     """What duplicate and leakage search compare: every turn's words (the shared system prompt left out); for a
     pair both replies, so that one prompt with several rejected replies is not a duplicate."""

@@ -160,7 +160,7 @@ def write_records(path: str | Path, records: Iterable[Conversation], fmt: str = 
     if fmt not in FORMATS:
         raise LorakitError(f"unknown format '{fmt}'", field="format", hint="Use one of: " + ", ".join(FORMATS))
     from lorakit.data import preference
-    kind = preference.kind_of(records)
+    kind = preference.kind_of(records) if records else {"preference": "preference", "kto": "kto"}.get(fmt, "sft")
     if fmt == "llamafactory":
         return _write_llamafactory(path, records, name or path.stem, kind)
     if kind != "sft" or fmt in ("preference", "kto"):

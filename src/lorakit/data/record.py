@@ -151,6 +151,11 @@ class Feedback:
         return "\n".join(t.content for t in self.prompt + self.completion)
 
 
+def as_conversation(record) -> Conversation:
+    """The conversation a record trains like: itself, or a preference/KTO record's prompt and (chosen) reply."""
+    return record if isinstance(record, Conversation) else record.conversation()
+
+
 def record_kind(record) -> str:
     """'sft', 'preference' or 'kto': what a record can train."""
     return "preference" if isinstance(record, Preference) else "kto" if isinstance(record, Feedback) else "sft"

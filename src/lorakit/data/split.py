@@ -16,7 +16,8 @@ import numpy as np
 
 from lorakit.data import minhash
 from lorakit.data.formats import read_records, write_records
-from lorakit.data.record import Conversation
+from lorakit.data.preference import kind_of
+from lorakit.data.record import Conversation, as_conversation
 from lorakit.errors import LorakitError
 
 
@@ -31,7 +32,7 @@ class SplitResult:
 def group_ids(records: list[Conversation], *, threshold: float = 0.8, by_source: bool = True,
               ngram: int = 3) -> np.ndarray:
     """A group id per record: near duplicates and records of the same source article share one."""
-    texts = [minhash.normalize("\n".join(t.content for t in r.turns)) for r in records]
+    texts = [minhash.normalize("\n".join(t.content for t in as_conversation(r).turns)) for r in records]
     pairs = [(i, j) for i, j, _ in minhash.near_duplicates(texts, threshold=threshold, n=ngram, normalized=True)]
     if by_source:
         first: dict[tuple, int] = {}
@@ -96,6 +97,8 @@ def split(path: str | Path, out_dir: str | Path, *, eval: float | int = 0.1, tes
           dataset: str | None = None) -> SplitResult:
     """Read a dataset, split it, and write ``train.jsonl``, ``eval.jsonl`` (and ``test.jsonl``) to ``out_dir``."""
     records = read_records(path, columns=columns, dataset=dataset)
+    if fmt == "messages" and kind_of(records) == "preference":  # messages cannot hold pairs: TRL's form can
+        fmt = "preference"
     if len(records) < 2:
         raise LorakitError(f"{len(records)} record(s) cannot be split", file=path)
     splits, gid = split_records(records, eval=eval, test=test, seed=seed, threshold=threshold, by_source=by_source)

@@ -20,7 +20,7 @@ import os
 from typing import Any
 
 from lorakit.data.preference import unpaired
-from lorakit.data.record import Conversation, Feedback, Preference, record_kind
+from lorakit.data.record import Conversation, Feedback, Preference, as_conversation, record_kind
 from lorakit.errors import LorakitError
 
 NEEDS = {"sft": "sft", "dpo": "preference", "orpo": "preference", "simpo": "preference", "kto": "kto"}
@@ -49,7 +49,7 @@ def records_for_stage(records: list, stage: str, path: str) -> list:
 
 def views(records: list) -> list[Conversation]:
     """The conversation each record trains like (a pair: prompt + chosen; KTO: prompt + reply)."""
-    return [r if isinstance(r, Conversation) else r.conversation() for r in records]
+    return [as_conversation(r) for r in records]
 
 
 def _rows(records: list) -> list[dict[str, Any]]:
