@@ -114,7 +114,6 @@ def encode(records, tokenizer, cfg: TrainConfig) -> Encoded:
     """Apply the chat template and build labels: assistant spans + end-of-turn token are trained, the rest is not."""
     from lorakit.data.tokenize import assistant_spans
     from lorakit.models.chat import end_of_turn_id
-
     from lorakit.train.objectives import views
     eos = end_of_turn_id(tokenizer)
     out = Encoded(rows=[], eos_id=eos)
