@@ -30,6 +30,14 @@ class ReplaySettings(Strict):
                                                        "five; all of the file when it holds fewer)")
 
 
+class FastSettings(Strict):
+    """The training fast path (lorakit.train.fast); unset = automatic for the device."""
+    fused_loss: bool | None = Field(None, description="LM head + cross-entropy in chunks, no full logits "
+                                                      "(Liger on CUDA, torch elsewhere; default on)")
+    kernels: bool | None = Field(None, description="Liger RMSNorm/RoPE/SwiGLU (default on with CUDA + liger-kernel)")
+    fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on)")
+
+
 class TrainConfig(Strict):
     """Everything one training run needs. Defaults are the CPU-friendly ones `doctor` recommends."""
 
@@ -44,6 +52,7 @@ class TrainConfig(Strict):
 
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    fast: FastSettings = Field(default_factory=FastSettings)
 
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")
