@@ -36,6 +36,8 @@ class FastSettings(Strict):
                                                       "(Liger on CUDA, torch elsewhere; default on)")
     kernels: bool | None = Field(None, description="Liger RMSNorm/RoPE/SwiGLU (default on with CUDA + liger-kernel)")
     fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on)")
+    varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
+                                                  "(default on with CUDA and torch >= 2.10)")
 
 
 class TrainConfig(Strict):

@@ -57,7 +57,7 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
 
     Automatic choices: the fused loss everywhere (Liger on CUDA when installed) except under FSDP, whose sharded
     head weight it cannot use; Liger kernels on CUDA when installed; fused LoRA for plain LoRA; varlen attention
-    for padding-free batches on CUDA."""
+    for padding-free batches on CUDA (padding-free itself is decided by recipe.resolve_padding_free)."""
     cuda = device == "cuda"
     loss = settings.fused_loss
     if loss is None:
@@ -70,7 +70,11 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
                            hint="pip install 'lorakit[cuda]' on a CUDA machine, or leave fast.kernels unset")
     lora = settings.fused_lora if settings.fused_lora is not None else True
     fused_lora = bool(lora) and method in ("lora", "qlora")
-    varlen = padding_free and cuda and varlen_available()
+    varlen = padding_free and cuda and varlen_available() and settings.varlen is not False
+    if settings.varlen and not (cuda and varlen_available()):
+        from lorakit.errors import LorakitError
+        raise LorakitError("fast.varlen needs an NVIDIA GPU and torch >= 2.10 (torch.nn.attention.varlen)",
+                           field="fast.varlen", hint="Leave fast.varlen unset")
     return FastPath(fused_loss, bool(kernels), fused_lora, varlen)
 
 

@@ -224,7 +224,7 @@ def resolve_padding_free(cfg: TrainConfig, model) -> bool:
         return cfg.padding_free
     attn = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
     device = next(model.parameters()).device.type
-    return device != "cuda" or "flash" in attn or varlen_available()
+    return device != "cuda" or "flash" in attn or (varlen_available() and cfg.fast.varlen is not False)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
