@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -264,9 +265,40 @@ def parity(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- driver
+def profiled(args, variant: str) -> dict:
+    """run_lorakit under torch.profiler for two steady steps: the kernels that take the GPU time, and the host."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from lorakit.train.trainer import LorakitTrainer
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                   schedule=schedule(wait=args.warmup + 1, warmup=1, active=2))
+    step = LorakitTrainer.training_step
+
+    def stepped(self, *a, **k):
+        out = step(self, *a, **k)
+        prof.step()
+        return out
+    LorakitTrainer.training_step = stepped
+    with prof:
+        result = run_lorakit(args, variant)
+    avg = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):
+        try:
+            print(avg.table(sort_by=key, row_limit=35, max_name_column_width=70), file=sys.stderr)
+            break
+        except (AttributeError, KeyError, RuntimeError):
+            continue
+    gpu_us = sum(e.self_device_time_total for e in avg) if hasattr(avg[0], "self_device_time_total") else 0
+    print(f"PROFILE 2 steps: GPU busy {gpu_us / 1e3:.1f} ms", file=sys.stderr)
+    return result
+
+
 def child(args) -> None:
     if args.side in ("hf", "hf_liger"):
         result = run_hf(args, liger=args.side == "hf_liger")
+    elif args.profile:
+        result = profiled(args, args.side)
     else:
         result = run_lorakit(args, args.side)
     print("RESULT " + json.dumps(result))
@@ -283,6 +315,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["fixed", "var"], default="fixed")
     ap.add_argument("--variants", default="hf,hf_liger,lorakit")
     ap.add_argument("--parity", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="profile the lorakit variants (kernel table on stderr)")
     ap.add_argument("--workdir", default="/tmp/lorakit-gpu-speed")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--side", help=argparse.SUPPRESS)
@@ -319,14 +352,20 @@ def main() -> None:
         print(f"running {side} ({args.shape}, {args.data}, batch {args.batch}, {args.steps} steps) …", flush=True)
         cmd = [sys.executable, __file__, "--side", side, "--model", args.model, "--records", args.records,
                "--tmp", str(work / "runs" / f"{args.shape}-{args.data}"), "--batch", str(args.batch),
-               "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)] + \
+            (["--profile"] if args.profile else [])
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        shutil.rmtree(work / "runs" / f"{args.shape}-{args.data}" / side, ignore_errors=True)  # a fresh run
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{side} failed:\n{proc.stderr[-2500:]}", flush=True)
             continue
+        if args.profile:
+            err = proc.stderr.splitlines()
+            first = next((i for i, x in enumerate(err) if x.startswith("-----")), len(err))
+            print("\n".join(x for x in err[first:] if x.startswith(("PROFILE", "-")) or "  " in x))
         results[side] = json.loads(line[-1][7:])
         results[side]["process_s"] = time.perf_counter() - t0
         r = results[side]

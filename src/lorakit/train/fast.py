@@ -199,7 +199,11 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(hidden, weight, target, kind: str = "torch", ignore_index: int = -100, chunk: int = 0):
-    """(sum of token losses, correctly predicted tokens) for hidden (N, H), head weight (V, H), target (N,)."""
+    """(sum of token losses, correctly predicted tokens) for hidden (N, H), head weight (V, H), target (N,).
+
+    The head runs in the weight's dtype (bf16 weights: a bf16 matmul, as under autocast); accelerate hands the model
+    outputs back in fp32, which here are the small hidden states, not the logits."""
+    hidden = hidden.to(weight.dtype)
     if kind == "liger":
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
         out = liger_fused_linear_cross_entropy(hidden, weight, target, ignore_index=ignore_index, reduction="sum",
