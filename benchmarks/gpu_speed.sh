@@ -28,7 +28,10 @@ case "${1:-smoke}" in
        --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_log10 ;;
   fixed)
     $B --shape 0.5b --data fixed --batch 16 --steps 15 --json "$OUT/05b_fixed.json" \
-       --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_log10
+       --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_no_workers
+    $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" \
+       --variants hf,lorakit,lk_padded,lk_sdpa_packed ;;
+  profile)
     $B --shape 0.5b --data fixed --batch 16 --steps 8 --variants lorakit --profile ;;
   var)
     $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" \

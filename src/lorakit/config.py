@@ -38,6 +38,8 @@ class FastSettings(Strict):
     fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on)")
     varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
                                                   "(default on with CUDA and torch >= 2.10)")
+    loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "
+                                                                       "GPU trains (default 2 on CUDA, 0 elsewhere)")
 
 
 class TrainConfig(Strict):

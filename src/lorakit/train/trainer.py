@@ -81,6 +81,13 @@ class LorakitTrainer(SFTTrainer):
         local = torch.tensor(self._total_train_tokens, device=self.args.device)
         return int(self.accelerator.gather_for_metrics(local[None]).sum())
 
+    def floating_point_ops(self, inputs) -> int:
+        """6 · parameters · tokens, with the parameter count taken once (the stock one walks all parameters at
+        every step)."""
+        if not hasattr(self, "_n_params"):
+            self._n_params = sum(p.numel() for p in self.model.parameters())
+        return 6 * self._n_params * inputs["input_ids"].numel()
+
     def _prepare_input(self, data):
         """Host → GPU copies that do not make the host wait for the GPU (batches are pinned by the loader)."""
         if isinstance(data, torch.Tensor) and data.device.type == "cpu" and self.args.device.type == "cuda":
