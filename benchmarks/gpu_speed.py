@@ -11,8 +11,8 @@ whole run, peak allocated GPU memory, MFU, mean loss, and the ratios to the plai
 Variants: hf (plain loop, bf16 autocast, PEFT's fp32 adapters, torch fused AdamW, pad to the longest), hf_liger
 (the same plus Liger's RMSNorm/RoPE/SwiGLU and fused linear cross-entropy), lorakit (defaults), and lorakit with one
 fast-path piece off: lk_no_fused_loss, lk_no_kernels, lk_no_fused_lora, lk_padded (padding_free false),
-lk_sdpa_packed (padding-free rows through SDPA's dense block mask instead of varlen attention), lk_no_workers
-(batches collated in the training process), lk_log10
+lk_sdpa_packed (padding-free rows through SDPA's dense block mask instead of varlen attention), lk_workers2
+(two loader processes collate batches), lk_log10
 (logging every 10 steps instead of every step).
 Data: fixed = rows of exactly --seq tokens; var = lengths uniform in 100..--seq (seeded), real tokens counted.
 
@@ -44,7 +44,7 @@ ABLATIONS = {
     "lk_no_fused_lora": {"fast": {"fused_lora": False}},
     "lk_padded": {"padding_free": False},
     "lk_sdpa_packed": {"padding_free": True, "fast": {"varlen": False}},
-    "lk_no_workers": {"fast": {"loader_workers": 0}},
+    "lk_workers2": {"fast": {"loader_workers": 2}},
     "lk_log10": {"logging_steps": 10},  # what a host sync per logged step costs
 }
 

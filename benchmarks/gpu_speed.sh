@@ -28,7 +28,7 @@ case "${1:-smoke}" in
        --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_log10 ;;
   fixed)
     $B --shape 0.5b --data fixed --batch 16 --steps 15 --json "$OUT/05b_fixed.json" \
-       --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_no_workers
+       --variants hf,hf_liger,lorakit,lk_no_fused_loss,lk_no_kernels,lk_no_fused_lora,lk_workers2
     $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" \
        --variants hf,lorakit,lk_padded,lk_sdpa_packed ;;
   profile)
@@ -37,5 +37,6 @@ case "${1:-smoke}" in
     $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" \
        --variants hf,lorakit,lk_padded,lk_sdpa_packed ;;
   7b)
-    $B --shape 7b --data fixed --batch 4 --steps 12 --json "$OUT/7b_fixed.json" --variants hf,hf_liger,lorakit ;;
+    $B --shape 0.5b --data fixed --batch 16 --steps 15 --json "$OUT/05b_final.json" --variants hf,hf_liger,lorakit
+    $B --shape 7b --data fixed --batch 4 --steps 10 --json "$OUT/7b_fixed.json" --variants hf,hf_liger,lorakit ;;
 esac

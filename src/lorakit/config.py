@@ -39,7 +39,7 @@ class FastSettings(Strict):
     varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
                                                   "(default on with CUDA and torch >= 2.10)")
     loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "
-                                                                       "GPU trains (default 2 on CUDA, 0 elsewhere)")
+                                                                       "model trains (default 0: measured slower)")
 
 
 class TrainConfig(Strict):

@@ -88,7 +88,7 @@ def test_resolve_picks_pieces_per_device():
     assert fast.resolve(s, "cpu", "full").fused_lora is False
     assert fast.resolve(s, "cpu", "lora", fsdp=True).fused_loss is None  # FSDP shards the head weight
     gpu = fast.resolve(s, "cuda", "lora", padding_free=True)  # decided without touching a GPU
-    assert gpu.varlen == fast.varlen_available() and gpu.loader_workers == 2
+    assert gpu.varlen == fast.varlen_available() and gpu.loader_workers == 0
     assert gpu.fused_loss == ("liger" if fast.liger_available() else "torch")
     off = TrainConfig(data="x.jsonl", fast={"fused_loss": False, "fused_lora": False}).fast
     assert fast.resolve(off, "cpu", "lora").describe() == "off"
