@@ -33,9 +33,10 @@ class ReplaySettings(Strict):
 class FastSettings(Strict):
     """The training fast path (lorakit.train.fast); unset = automatic for the device."""
     fused_loss: bool | None = Field(None, description="LM head + cross-entropy in chunks, no full logits "
-                                                      "(Liger on CUDA, torch elsewhere; default on)")
+                                                      "(Liger on CUDA, torch elsewhere; default on with CUDA)")
     kernels: bool | None = Field(None, description="Liger RMSNorm/RoPE/SwiGLU (default on with CUDA + liger-kernel)")
-    fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on)")
+    fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on "
+                                                      "with CUDA)")
     varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
                                                   "(default on with CUDA and torch >= 2.10)")
     loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "

@@ -83,10 +83,12 @@ def test_varlen_attention_isolates_packed_examples(tiny_dir):
 
 def test_resolve_picks_pieces_per_device():
     s = TrainConfig(data="x.jsonl").fast
-    cpu = fast.resolve(s, "cpu", "lora", padding_free=True)
+    assert fast.resolve(s, "cpu", "lora", padding_free=True).describe() == "off"  # CPU defaults unchanged
+    on = TrainConfig(data="x.jsonl", fast={"fused_loss": True, "fused_lora": True}).fast
+    cpu = fast.resolve(on, "cpu", "lora", padding_free=True)
     assert cpu.fused_loss == "torch" and cpu.fused_lora and not cpu.kernels and not cpu.varlen
-    assert fast.resolve(s, "cpu", "full").fused_lora is False
-    assert fast.resolve(s, "cpu", "lora", fsdp=True).fused_loss is None  # FSDP shards the head weight
+    assert fast.resolve(on, "cpu", "full").fused_lora is False
+    assert fast.resolve(s, "cuda", "lora", fsdp=True).fused_loss is None  # FSDP shards the head weight
     gpu = fast.resolve(s, "cuda", "lora", padding_free=True)  # decided without touching a GPU
     assert gpu.varlen == fast.varlen_available() and gpu.loader_workers == 0
     assert gpu.fused_loss == ("liger" if fast.liger_available() else "torch")
@@ -106,7 +108,7 @@ def _curve(res) -> list[float]:
 def test_fast_path_loss_curve_matches_stock(base_cfg, precision, tol):
     """Whole training runs: the fast path's loss curve is the stock path's (exact in fp32, bf16 noise in bf16)."""
     cfg = {**base_cfg, "epochs": 2, "precision": precision, "eval_ratio": 0.2}
-    on = recipe.train(TrainConfig(**{**cfg, "name": "on"}))
+    on = recipe.train(TrainConfig(**{**cfg, "name": "on", "fast": {"fused_loss": True, "fused_lora": True}}))
     off = recipe.train(TrainConfig(**{**cfg, "name": "off", "fast": {"fused_loss": False, "fused_lora": False}}))
     assert on.summary["fast_path"]["fused_loss"] == "torch" and on.summary["fast_path"]["fused_lora"]
     a, b = _curve(on), _curve(off)

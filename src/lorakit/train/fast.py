@@ -57,21 +57,22 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
             fsdp: bool = False) -> FastPath:
     """Turn `fast:` settings (None = auto) into the pieces used on this device.
 
-    Automatic choices: the fused loss everywhere (Liger on CUDA when installed) except under FSDP, whose sharded
-    head weight it cannot use; Liger kernels on CUDA when installed; fused LoRA for plain LoRA; varlen attention
+    Automatic choices, on CUDA only (the CPU path stays as measured against LLaMA-Factory until these pieces are
+    timed there): the fused loss (Liger when installed, else torch) except under FSDP, whose sharded head weight
+    it cannot use; Liger kernels when installed; fused LoRA for plain LoRA; varlen attention
     for padding-free batches on CUDA (padding-free itself is decided by recipe.resolve_padding_free). Loader
     processes stay off by default: on an H200 two of them made a 0.5B step slower (74k vs 93k tokens/s)."""
     cuda = device == "cuda"
     loss = settings.fused_loss
     if loss is None:
-        loss = not fsdp
+        loss = cuda and not fsdp
     fused_loss = ("liger" if cuda and liger_available() else "torch") if loss else None
     kernels = settings.kernels if settings.kernels is not None else (cuda and liger_available())
     if kernels and not (cuda and liger_available()):
         from lorakit.errors import LorakitError
         raise LorakitError("fast.kernels needs an NVIDIA GPU and the liger-kernel package", field="fast.kernels",
                            hint="pip install 'lorakit[cuda]' on a CUDA machine, or leave fast.kernels unset")
-    lora = settings.fused_lora if settings.fused_lora is not None else True
+    lora = settings.fused_lora if settings.fused_lora is not None else cuda
     fused_lora = bool(lora) and method in ("lora", "qlora")
     varlen = padding_free and cuda and varlen_available() and settings.varlen is not False
     if settings.varlen and not (cuda and varlen_available()):
