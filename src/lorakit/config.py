@@ -56,6 +56,19 @@ class PreferenceSettings(Strict):
     undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable replies")
 
 
+class FastSettings(Strict):
+    """The training fast path (lorakit.train.fast); unset = automatic for the device."""
+    fused_loss: bool | None = Field(None, description="LM head + cross-entropy in chunks, no full logits "
+                                                      "(Liger on CUDA, torch elsewhere; default on with CUDA)")
+    kernels: bool | None = Field(None, description="Liger RMSNorm/RoPE/SwiGLU (default on with CUDA + liger-kernel)")
+    fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on "
+                                                      "with CUDA)")
+    varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
+                                                  "(default on with CUDA and torch >= 2.10)")
+    loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "
+                                                                       "model trains (default 0: measured slower)")
+
+
 class TrainConfig(Strict):
     """Everything one training run needs. Defaults are the CPU-friendly ones `doctor` recommends."""
 
@@ -76,6 +89,7 @@ class TrainConfig(Strict):
     pref: PreferenceSettings = Field(default_factory=PreferenceSettings)
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    fast: FastSettings = Field(default_factory=FastSettings)
 
     epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: use epochs)")

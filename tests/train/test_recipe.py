@@ -122,6 +122,8 @@ def test_loss_equals_plain_cross_entropy(tiny_dir, base_cfg):
         accelerator = type("Acc", (), {"gather_for_metrics": staticmethod(lambda x: x), "num_processes": 1})()
         _metrics = {"train": {"mean_token_accuracy": [], "num_tokens": []}}
         _total_train_tokens = 0
+        fast = None
+        _pending = {}
     ours = LorakitTrainer.compute_loss(Stub(), model, dict(batch))
     ref = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"],
                 use_cache=False).loss  # without a cache, transformers isolates the packed examples

@@ -179,3 +179,31 @@ class ProgressCallback(TrainerCallback):
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class ThroughputCallback(TrainerCallback):
+    """Tokens/s over the whole run and in steady state (after the first `warmup` steps: compile, allocator and
+    kernel autotuning happen there). `tokens` reads the trainer's count; the device is synchronised only at the
+    two ends of the steady window."""
+
+    def __init__(self, tokens, warmup: int = 3):
+        self.tokens = tokens
+        self.warmup = warmup
+        self.start = None  # (time, tokens) when the steady window opens
+        self.steady = None  # tokens/s
+
+    def _sync(self):
+        import torch
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.start is None and state.global_step >= self.warmup and state.global_step < state.max_steps:
+            self._sync()
+            self.start = (time.perf_counter(), self.tokens(), state.global_step)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.start is not None and state.global_step > self.start[2]:
+            self._sync()
+            t, n, _ = self.start
+            self.steady = (self.tokens() - n) / max(1e-9, time.perf_counter() - t)

@@ -224,14 +224,15 @@ def load_for_training(model_path: Path, cfg: TrainConfig, precision):
 
 
 def resolve_padding_free(cfg: TrainConfig, model) -> bool:
-    """Padding-free batches pay off where attention handles packed rows cheaply: varlen flash attention on CUDA,
-    or the CPU, where attention is a small share of the work. With SDPA on CUDA the packed row needs a dense block
-    mask, measured slower than padding to the longest (0.70x on an H200)."""
+    """Padding-free batches pay off where attention handles packed rows cheaply: varlen flash attention on CUDA
+    (torch's own varlen_attn, or flash-attn), or the CPU, where attention is a small share of the work. With SDPA
+    on CUDA the packed row needs a dense block mask, measured slower than padding to the longest (0.70x on an H200)."""
+    from lorakit.train.fast import varlen_available
     if cfg.padding_free is not None:
         return cfg.padding_free
     attn = getattr(getattr(model, "config", None), "_attn_implementation", "") or ""
     device = next(model.parameters()).device.type
-    return device != "cuda" or "flash" in attn
+    return device != "cuda" or "flash" in attn or (varlen_available() and cfg.fast.varlen is not False)
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -363,7 +364,8 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
-    from lorakit.train.callbacks import GracefulStopCallback, ProgressCallback, RunLogCallback
+    from lorakit.train import fast as fastmod
+    from lorakit.train.callbacks import GracefulStopCallback, ProgressCallback, RunLogCallback, ThroughputCallback
     from lorakit.train.trainer import LorakitTrainer
 
     model = load_for_training(model_path, cfg, precision)
@@ -375,6 +377,12 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
 
     use_cpu = precision.device == "cpu"
     padding_free = resolve_padding_free(cfg, model)
+    fast = fastmod.resolve(cfg.fast, precision.device, cfg.method, padding_free=padding_free and not cfg.packing,
+                           fsdp=os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
+    if fast.kernels:
+        fastmod.apply_kernels(model)
+    if fast.varlen:
+        fastmod.use_varlen(model)
     if cfg.tensorboard:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     eval_strategy = "steps" if (eval_enc and cfg.eval_steps) else ("epoch" if eval_enc else "no")
@@ -404,11 +412,14 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         greater_is_better=False if early else None,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # that filter reads the loss on the host at every step
+        prediction_loss_only=True,
         report_to=["tensorboard"] if cfg.tensorboard else [],
         seed=cfg.seed,
         data_seed=cfg.seed,
         disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=fast.loader_workers,
+        dataloader_persistent_workers=fast.loader_workers > 0,
         ddp_backend="gloo" if use_cpu and world_size() > 1 else None,
         ddp_find_unused_parameters=False if world_size() > 1 else None,
         save_only_model=False,
@@ -426,15 +437,21 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             model=model, args=args, processing_class=tokenizer, peft_config=peft_cfg,
             train_dataset=Dataset.from_list(enc.rows),
             eval_dataset=Dataset.from_list(eval_enc.rows) if eval_enc else None,
-            callbacks=callbacks,
+            callbacks=callbacks, fast=fast,
         )
     else:
         from lorakit.train.objectives import preference_trainer
         trainer = preference_trainer(cfg, model, tokenizer, train_recs, eval_recs, common, callbacks, peft_cfg)
     trainer.remove_callback(__import__("transformers").trainer_callback.PrinterCallback)
+    if fast.fused_lora and cfg.stage == "sft":
+        fastmod.fuse_lora(trainer.model)
+    throughput = ThroughputCallback(trainer.tokens_seen) if hasattr(trainer, "tokens_seen") else None
+    if throughput:
+        trainer.add_callback(throughput)
     trainable, total = count_params(trainer.model)
     say(f"{cfg.stage}: training {trainable / 1e6:.2f} M of {total / 1e6:.1f} M parameters "
-        f"({100 * trainable / total:.2f} %) · {precision.why} · {steps} steps → {run_dir}")
+        f"({100 * trainable / total:.2f} %) · {precision.why} · fast path: {fast.describe()} · {steps} steps → "
+        f"{run_dir}")
 
     # 6. train (resume restores optimizer, scheduler, RNG and data order through the Trainer)
     if precision.device == "cuda":
@@ -448,6 +465,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     interrupted = stopper.requested
     adapter_dir = run_dir / ("adapter" if cfg.method != "full" else "model")
     final_eval = final_eval_metrics(trainer, state, early) if (eval_enc and not interrupted) else {}
+    tokens_seen = trainer.tokens_seen() if hasattr(trainer, "tokens_seen") else (state.num_input_tokens_seen or None)
     if main:
         adapters = list(getattr(trainer.model, "peft_config", {}) or {})
         with atomic_path(adapter_dir, is_dir=True) as tmp:  # DPO/KTO's frozen "ref" copy is not part of the result
@@ -455,7 +473,6 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             tokenizer.save_pretrained(str(tmp))
         from lorakit.doctor import peak_memory_mb
         from lorakit.train.objectives import last_preference_metrics
-        tokens_seen = getattr(trainer, "_total_train_tokens", None) or state.num_input_tokens_seen or None
         summary = {
             "run_dir": str(run_dir), "model": cfg.model, "model_path": str(model_path), "method": cfg.method,
             "stage": cfg.stage, "started_from_adapter": cfg.adapter,
@@ -466,6 +483,8 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "train_seconds": round(seconds, 1),
             "tokens_seen": tokens_seen,
             "tokens_per_second": round(tokens_seen / seconds, 1) if (seconds > 0 and tokens_seen) else None,
+            "tokens_per_second_steady": round(throughput.steady, 1) if throughput and throughput.steady else None,
+            "fast_path": fast.as_dict(),
             "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": peak_memory_mb(precision.device),
             "precision": precision.why, "world_size": world_size(),

@@ -1,0 +1,331 @@
+"""The training fast path: the pieces that make a LoRA step cheaper than the stock transformers + PEFT one.
+
+Each piece is switched by `fast:` in the run config (None = automatic) and measured on its own by
+benchmarks/gpu_speed.py:
+
+- fused loss: the LM head and cross-entropy run chunk by chunk and the gradient is formed in the forward, so the
+  (tokens × vocabulary) logits never exist. Liger's Triton kernel on CUDA; the same algorithm in torch elsewhere.
+- kernels: Liger's RMSNorm, RoPE and SwiGLU (CUDA only; the optional `cuda` extra).
+- fused LoRA: one autograd function per adapted linear computes `base(x) + s·B(A(x))` in the activations' dtype.
+  PEFT instead casts every activation to the fp32 adapter dtype and autocast casts it back (two large copies per
+  projection, forward and backward); here only the small A and B are cast, the fp32 masters stay with the optimiser.
+- varlen attention: padding-free rows go through `torch.nn.attention.varlen.varlen_attn` (flash, one kernel per
+  layer for the whole packed row) instead of SDPA with a dense block mask.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import types
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+VARLEN = "lorakit_varlen"  # the attention implementation name registered with transformers
+
+
+@dataclass(frozen=True)
+class FastPath:
+    fused_loss: str | None  # "liger", "torch" or None
+    kernels: bool
+    fused_lora: bool
+    varlen: bool
+    loader_workers: int = 0
+
+    def describe(self) -> str:
+        on = [f"fused loss ({self.fused_loss})" if self.fused_loss else "",
+              "Liger RMSNorm/RoPE/SwiGLU" if self.kernels else "", "fused LoRA" if self.fused_lora else "",
+              "varlen attention" if self.varlen else "",
+              f"{self.loader_workers} loader processes" if self.loader_workers else ""]
+        return ", ".join(x for x in on if x) or "off"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
+
+
+def varlen_available() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def resolve(settings, device: str, method: str, world: int = 1, padding_free: bool = False,
+            fsdp: bool = False) -> FastPath:
+    """Turn `fast:` settings (None = auto) into the pieces used on this device.
+
+    Automatic choices, on CUDA only (the CPU path stays as measured against LLaMA-Factory until these pieces are
+    timed there): the fused loss (Liger when installed, else torch) except under FSDP, whose sharded head weight
+    it cannot use; Liger kernels when installed; fused LoRA for plain LoRA; varlen attention
+    for padding-free batches on CUDA (padding-free itself is decided by recipe.resolve_padding_free). Loader
+    processes stay off by default: on an H200 two of them made a 0.5B step slower (74k vs 93k tokens/s)."""
+    cuda = device == "cuda"
+    loss = settings.fused_loss
+    if loss is None:
+        loss = cuda and not fsdp
+    fused_loss = ("liger" if cuda and liger_available() else "torch") if loss else None
+    kernels = settings.kernels if settings.kernels is not None else (cuda and liger_available())
+    if kernels and not (cuda and liger_available()):
+        from lorakit.errors import LorakitError
+        raise LorakitError("fast.kernels needs an NVIDIA GPU and the liger-kernel package", field="fast.kernels",
+                           hint="pip install 'lorakit[cuda]' on a CUDA machine, or leave fast.kernels unset")
+    lora = settings.fused_lora if settings.fused_lora is not None else cuda
+    fused_lora = bool(lora) and method in ("lora", "qlora")
+    varlen = padding_free and cuda and varlen_available() and settings.varlen is not False
+    if settings.varlen and not (cuda and varlen_available()):
+        from lorakit.errors import LorakitError
+        raise LorakitError("fast.varlen needs an NVIDIA GPU and torch >= 2.10 (torch.nn.attention.varlen)",
+                           field="fast.varlen", hint="Leave fast.varlen unset")
+    workers = settings.loader_workers or 0
+    return FastPath(fused_loss, bool(kernels), fused_lora, varlen, workers)
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+def apply_kernels(model) -> None:
+    """Liger's RMSNorm, RoPE and SwiGLU in place of the model's own (before PEFT wraps the model)."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA
+class LoraLinearFn(torch.autograd.Function):
+    """y = base_out + s · (x A^T) B^T in base_out's dtype; grads of A and B returned in their own (fp32) dtype.
+
+    Only the small A and s·B are cast per call. (A copy cached across calls would need invalidating at every
+    optimiser step: torch's fused AdamW does not bump the parameters' version counters.)"""
+
+    @staticmethod
+    def forward(ctx, base_out, x, a, b, scale):
+        dt = base_out.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            ac, bs = a.to(dt), (b * scale).to(dt)
+            xc = x.reshape(-1, x.shape[-1]).to(dt)
+            h = xc @ ac.t()
+            y = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), h, bs.t())
+        ctx.save_for_backward(xc, h, ac, bs)
+        ctx.scale, ctx.x_shape, ctx.x_dtype, ctx.dtypes = scale, x.shape, x.dtype, (a.dtype, b.dtype)
+        return y.view(base_out.shape)
+
+    @staticmethod
+    def backward(ctx, gy):
+        xc, h, ac, bs = ctx.saved_tensors
+        with torch.autocast(gy.device.type, enabled=False):
+            g = gy.reshape(-1, gy.shape[-1]).to(h.dtype)
+            gb = torch.addmm(_ZERO.get(h), g.t(), h, beta=0, alpha=ctx.scale) if ctx.needs_input_grad[3] else None
+            gh = g @ bs  # s·B folded into the cached copy
+            ga = gh.t() @ xc if ctx.needs_input_grad[2] else None
+            gx = (gh @ ac).view(ctx.x_shape).to(ctx.x_dtype) if ctx.needs_input_grad[1] else None
+        return (gy, gx, None if ga is None else ga.to(ctx.dtypes[0]), None if gb is None else gb.to(ctx.dtypes[1]),
+                None)
+
+
+class _Zero:
+    """A 0-dim zero per (device, dtype): the ignored `input` of addmm(beta=0)."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def get(self, like):
+        key = (like.device, like.dtype)
+        if key not in self.cache:
+            self.cache[key] = torch.zeros((), device=like.device, dtype=like.dtype)
+        return self.cache[key]
+
+
+_ZERO = _Zero()
+
+
+def _fused_lora_forward(self, x, *args, **kwargs):
+    """PEFT's lora.Linear.forward for the common case (one plain adapter, not merged); anything else goes to PEFT."""
+    active = self.active_adapters
+    if (self.disable_adapters or self.merged or args or kwargs or len(active) != 1
+            or active[0] not in self.lora_A or active[0] in self.lora_variant):
+        return type(self).forward(self, x, *args, **kwargs)
+    name = active[0]
+    result = self.base_layer(x)
+    dropout = self.lora_dropout[name]
+    xd = x if isinstance(dropout, torch.nn.Identity) else dropout(x)
+    return LoraLinearFn.apply(result, xd, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+
+
+def fuse_lora(model) -> int:
+    """Route every PEFT lora.Linear through LoraLinearFn; returns how many layers were changed."""
+    from peft.tuners.lora.layer import Linear
+    n = 0
+    for module in model.modules():
+        if type(module) is Linear:
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropy of (hidden @ weight^T) against target, chunk by chunk; grads are made in the forward.
+
+    The same algorithm as Liger's fused linear cross-entropy, in torch, so that it runs on any device. Also returns
+    the number of correctly predicted targets (no grad)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target, ignore_index, chunk):
+        n = hidden.shape[0]
+        grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
+        grad_w = None
+        if weight.requires_grad:  # full fine-tuning of the head (LoRA leaves it frozen)
+            grad_w = torch.zeros(weight.shape, dtype=torch.promote_types(weight.dtype, torch.float32),
+                                 device=weight.device)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # logits and loss at least in fp32
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(hidden.dtype)
+            for s in range(0, n, chunk):
+                h = hidden[s:s + chunk]
+                t = target[s:s + chunk]
+                logits = (h @ w.t()).to(acc)
+                valid = t != ignore_index
+                tt = t.clamp(min=0)
+                lse = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, tt[:, None]).squeeze(1)
+                loss += torch.where(valid, lse - picked, 0.0).sum()
+                correct += ((logits.argmax(-1) == t) & valid).sum()
+                if grad_h is None and grad_w is None:
+                    continue
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                grad.scatter_add_(1, tt[:, None], -torch.ones_like(picked)[:, None])
+                grad.mul_(valid[:, None])
+                gl = grad.to(hidden.dtype)
+                if grad_h is not None:
+                    grad_h[s:s + chunk] = gl @ w
+                if grad_w is not None:
+                    grad_w += gl.t().to(grad_w.dtype) @ h.to(grad_w.dtype)
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        ctx.has = (grad_h is not None, grad_w is not None)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_correct):
+        saved = list(ctx.saved_tensors)
+        gh = gw = None
+        if ctx.has[0]:
+            grad_h = saved.pop(0)
+            gh = grad_h * g_loss.to(grad_h.dtype)
+        if ctx.has[1]:
+            gw = (saved.pop(0) * g_loss).to(ctx.weight_dtype)
+        return gh, gw, None, None, None
+
+
+def linear_cross_entropy(hidden, weight, target, kind: str = "torch", ignore_index: int = -100, chunk: int = 0):
+    """(sum of token losses, correctly predicted tokens) for hidden (N, H), head weight (V, H), target (N,).
+
+    The head runs in the weight's dtype (bf16 weights: a bf16 matmul, as under autocast); accelerate hands the model
+    outputs back in fp32, which here are the small hidden states, not the logits."""
+    hidden = hidden.to(weight.dtype)
+    if kind == "liger":
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        out = liger_fused_linear_cross_entropy(hidden, weight, target, ignore_index=ignore_index, reduction="sum",
+                                               return_token_accuracy=True)
+        n = (target != ignore_index).sum()
+        return out.loss, torch.nan_to_num(out.token_accuracy.detach() * n).round().long()
+    if not chunk:  # about 64 MB of fp32 logits a chunk
+        chunk = max(8, min(4096, (16 * 2 ** 20) // max(1, weight.shape[0])))
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, target, ignore_index, chunk)
+
+
+@contextlib.contextmanager
+def head_emits_hidden(model):
+    """Within the block the model's output embedding returns its input: `outputs.logits` holds the final hidden
+    states (at `logits_to_keep`), for a fused loss to use with the head's weight. The call still goes through the
+    wrapped model (DDP hooks fire)."""
+    head = output_head(model)
+    head.forward = types.MethodType(lambda self, x: x, head)
+    try:
+        yield head
+    finally:
+        del head.forward
+
+
+def output_head(model):
+    inner = getattr(model, "module", model)  # DDP
+    return inner.get_output_embeddings()
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+def _varlen_kernel():
+    from torch.nn.attention.varlen import varlen_attn
+    params = inspect.signature(varlen_attn).parameters
+    return varlen_attn, params
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
+                     max_length_q=None, **kwargs):
+    """transformers attention function for padding-free rows: (1, H, T, D) with `cu_seq_lens_q` from TRL's
+    padding-free collator → causal attention within each example. Other calls fall back to SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if cu_seq_lens_q is None or query.shape[0] != 1 or kwargs.get("sliding_window") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    q = query[0].transpose(0, 1).contiguous()  # (T, H, D)
+    k = key[0].transpose(0, 1).contiguous()
+    v = value[0].transpose(0, 1).contiguous()
+    cu = cu_seq_lens_q.to(device=q.device, dtype=torch.int32)
+    rep = q.shape[1] // k.shape[1]
+    if q.is_cuda and varlen_available():
+        fn, params = _varlen_kernel()
+        extra = {}
+        if "enable_gqa" in params and rep > 1:
+            extra["enable_gqa"] = True
+        elif rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        if "window_size" in params:
+            extra["window_size"] = (-1, 0)
+        else:
+            extra["is_causal"] = True
+        if "scale" in params:
+            extra["scale"] = scaling
+        elif scaling is not None and abs(scaling * q.shape[-1] ** 0.5 - 1) > 1e-6:
+            q = q * (scaling * q.shape[-1] ** 0.5)
+        max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
+        out = fn(q, k, v, cu, cu, max_len, max_len, **extra)
+    else:  # any device: one causal SDPA call per example (what the kernel computes, for tests and CPU use)
+        bounds = cu.tolist()
+        parts = [F.scaled_dot_product_attention(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
+                                                v[s:e].transpose(0, 1), is_causal=True, scale=scaling,
+                                                enable_gqa=rep > 1).transpose(0, 1)
+                 for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+        out = torch.cat(parts, 0)
+    return out.unsqueeze(0), None
+
+
+def use_varlen(model) -> None:
+    """Register the varlen attention function with transformers and switch the model to it."""
+    from transformers import AttentionInterface
+    AttentionInterface.register(VARLEN, varlen_attention)
+    model.set_attn_implementation(VARLEN)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+class StepBatches:
+    """Wraps a collator: adds what the loss needs, computed on the host while the batch is still there, so the
+    step never waits for the GPU to learn it: the positions whose next token is trained (`lorakit_keep`) and the
+    number of real tokens (`lorakit_tokens`)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        shift = batch["labels"][:, 1:]
+        keep = (shift != -100).any(dim=0).nonzero().squeeze(-1)
+        if keep.numel() == 0:
+            keep = torch.zeros(1, dtype=torch.long)
+        batch["lorakit_keep"] = keep
+        mask = batch.get("attention_mask")
+        batch["lorakit_tokens"] = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
