@@ -387,14 +387,41 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
 def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter or run folder."),
                out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged model."),
                model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
-               gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file (f16)."),
-               gguf_dtype: str = typer.Option("f16", help="f16 or f32.")):
-    """Merge an adapter into its base model and save safetensors (and GGUF); checks the merge kept its effect."""
-    from lorakit.serve.export import base_of, merge_and_export
-    info = merge_and_export(model or base_of(adapter), adapter, out, gguf=gguf, gguf_dtype=gguf_dtype,
-                            console=console)
-    console.print(f"[green]merged[/] → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})"
-                  + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
+               dtype: str = typer.Option("bf16", help="Merged safetensors in bf16 or fp32."),
+               gguf: List[str] = typer.Option([], "--gguf", help="Also write GGUF of this type (f16, q8_0, q5_0, "
+                                                                  "q4_0, f32); repeatable; f16 is always written "
+                                                                  "beside a quantised type."),
+               parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare the exported models with "
+                                           "the adapter model (GGUF in llama.cpp when installed)."),
+               data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prompts + reference answers for the "
+                                                                             "parity check (default: the run's eval "
+                                                                             "data)."),
+               n: int = typer.Option(16, help="Parity prompts."),
+               max_new_tokens: int = typer.Option(160, help="Greedy answer budget in the parity check.")):
+    """Merge an adapter into its base: safetensors, GGUF (+ Modelfile), checked against the adapter model."""
+    from lorakit.serve.export import base_of, failures, merge_and_export
+    from lorakit.serve.parity import Row, parity_table
+    info = merge_and_export(model or base_of(adapter), adapter, out, dtype=dtype, gguf=gguf, parity=parity,
+                            data=data, n=n, max_new_tokens=max_new_tokens, console=console)
+    console.print(f"[green]merged[/] ({dtype}) → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})")
+    for t, path in info["gguf"].items():
+        console.print(f"GGUF {t:5} → {path} ({Path(path).stat().st_size / 2 ** 20:,.0f} MB)")
+    if "modelfile" in info:
+        console.print(f"Modelfile → {info['modelfile']['path']} (FROM {info['modelfile']['from']}; "
+                      f"template {info['modelfile']['template']})")
+    if "parity" in info:
+        console.print(parity_table([Row(**r) for r in info["parity"]["rows"]]))
+        console.print(f"parity prompts: {info['parity']['source']}")
+        if not info["parity"]["llamacpp"]:
+            from lorakit.serve.engines.llamacpp import INSTALL_HINT
+            console.print(f"[yellow]GGUF files were checked in transformers, not llama.cpp:[/] {INSTALL_HINT}")
+    console.print(f"report: {Path(out) / 'export.json'}")
+    bad = failures(info)
+    if bad:
+        raise LorakitError("the export parity check failed, so these files must not be shipped: " + " | ".join(bad),
+                           file=Path(out) / "export.json",
+                           hint="A lost end-of-turn means the chat template or EOS did not survive; a low top-1 "
+                                "means the format loses too much (try q8_0 or f16)")
 
 
 # ---------------------------------------------------------------------------- rag
