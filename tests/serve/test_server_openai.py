@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 
 import httpx
@@ -12,29 +10,6 @@ import openai
 import pytest
 
 KEY = "sk-lorakit-test"
-
-
-class Served:
-    """uvicorn serving ``app`` on a free loopback port until ``stop``."""
-
-    def __init__(self, app):
-        import uvicorn
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    limit_concurrency=500))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +25,11 @@ def systems(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(systems):
+def served(systems, http_server):
     from lorakit.serve.server import Limits, build_app
     limits = Limits(api_key=KEY, max_prompt_tokens=200, max_tokens=64, default_max_tokens=8, max_queue=16,
                     max_batch=8, timeout_s=60)
-    s = Served(build_app(systems, limits=limits))
-    yield s
-    s.stop()
+    return http_server(build_app(systems, limits=limits))
 
 
 @pytest.fixture()

@@ -398,6 +398,34 @@ def build_app(systems, *, limits: Limits | None = None, default_max_tokens: int 
     return app
 
 
+class Served:
+    """uvicorn serving ``app`` in a thread of this process on a free loopback port until ``stop`` (tests,
+    benchmarks, notebooks)."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
+                                                    limit_concurrency=500))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server did not start on 127.0.0.1:{self.port}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
 def api_key(given: str | None) -> str | None:
     """The key from --api-key, else from $LORAKIT_API_KEY, else none (an open server on loopback)."""
     return given or os.environ.get(API_KEY_ENV) or None
