@@ -424,7 +424,7 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prompts + reference answers for the "
                                                                              "parity check (default: the run's eval "
                                                                              "data)."),
-               n: int = typer.Option(16, help="Parity prompts."),
+               n: int = typer.Option(16, "-n", "--prompts", help="Parity prompts."),
                max_new_tokens: int = typer.Option(160, help="Greedy answer budget in the parity check.")):
     """Merge an adapter into its base: safetensors, GGUF (+ Modelfile), checked against the adapter model."""
     from lorakit.serve.export import base_of, failures, merge_and_export
