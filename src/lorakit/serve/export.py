@@ -83,7 +83,7 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
     from lorakit.models import load_model, load_tokenizer, resolve
     from lorakit.models.chat import stop_ids
     from lorakit.models.gguf_writer import write_gguf
-    from lorakit.models.load import Precision, attach_adapter, pick_device
+    from lorakit.models.load import Precision, attach_adapter
     from lorakit.serve.modelfile import write_modelfile
     console = console or Console(stderr=True)
     out = Path(out)
