@@ -23,6 +23,12 @@ class Perf:
     peak_mb: float
 
 
+def _mean(xs) -> float:
+    """Mean of the measured values (NaN ones left out); NaN when there are none (every answer was one piece)."""
+    xs = [x for x in xs if x == x]
+    return statistics.mean(xs) if xs else float("nan")
+
+
 def _rss_mb() -> float:
     import psutil
     return psutil.Process().memory_info().rss / 2 ** 20
@@ -61,7 +67,7 @@ def measure(name: str, loader, tokenizer, prompts: list[list[dict]], *, precisio
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2 ** 20
     return Perf(name, round(load_s, 2), round(statistics.mean(lat), 3), round(statistics.mean(ttft), 3),
-                round(statistics.mean(x for x in tps if x == x), 1), round(statistics.mean(lens), 1), round(peak, 0))
+                round(_mean(tps), 1), round(statistics.mean(lens), 1), round(peak, 0))
 
 
 def measure_gguf(name: str, gguf: str | Path, prompts: list[list[dict]], *, max_new_tokens: int) -> Perf:
@@ -91,7 +97,7 @@ def measure_gguf(name: str, gguf: str | Path, prompts: list[list[dict]], *, max_
         tps.append((n - 1) / (total - first) if n > 1 and total > first else float("nan"))
     engine.close()
     return Perf(name, round(load_s, 2), round(statistics.mean(lat), 3), round(statistics.mean(ttft), 3),
-                round(statistics.mean(x for x in tps if x == x), 1), round(statistics.mean(lens), 1), round(peak, 0))
+                round(_mean(tps), 1), round(statistics.mean(lens), 1), round(peak, 0))
 
 
 def perf(model: str, data: str | Path, *, adapter: str | Path | None = None, merged: str | Path | None = None,
