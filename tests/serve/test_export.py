@@ -6,25 +6,10 @@ import json
 
 import pytest
 
-STOPS = "记{}分。"
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny model and an adapter trained hard enough on a few short answers that its greedy answers stop."""
-    from lorakit.config import TrainConfig
-    from lorakit.models.tiny import build_tiny
-    from lorakit.train import recipe
-    root = tmp_path_factory.mktemp("export")
-    model = build_tiny(root / "model")
-    rows = [{"messages": [{"role": "user", "content": f"第{i % 4}题：闯红灯扣几分？"},
-                          {"role": "assistant", "content": STOPS.format(6 + i % 4)}]} for i in range(16)]
-    data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    res = recipe.train(TrainConfig(model=str(model), data=str(data), eval_data=str(data), runs_dir=str(root / "runs"),
-                                   name="law", max_steps=30, learning_rate=5e-2, seed=1, precision="fp32",
-                                   save_steps=1000, lora={"r": 16, "alpha": 32}))
-    return model, res.run_dir, data
+def run(stopping_run):
+    return stopping_run
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +64,7 @@ def test_export_parity_rows_and_report(exported):
     assert list(rows) == ["adapter (reference)", "merged (bf16)", "gguf f16", "gguf q8_0", "gguf q4_0"]
     ref = rows["adapter (reference)"]
     assert ref["stopped"] == ref["n"] == 4, ref["answers"]  # the adapter learned to stop: a real stop check
+    assert all(a.startswith("记") for a in ref["answers"]), ref["answers"]  # after real words, not at once
     for name in ("gguf f16", "gguf q8_0"):
         r = rows[name]
         assert r["top1"] >= r["floor"] and r["kl"] < 0.01 and r["identical"] == 4 and r["stopped"] == 4, r

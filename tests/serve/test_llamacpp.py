@@ -2,29 +2,17 @@
 parity check run through llama.cpp, the llama.cpp engine behind the server, and its timing in `perf`."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the [llamacpp] extra) is not installed")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from lorakit.config import TrainConfig
-    from lorakit.models.tiny import build_tiny
+def exported(stopping_run, tmp_path_factory):
     from lorakit.serve.export import merge_and_export
-    from lorakit.train import recipe
-    root = tmp_path_factory.mktemp("llamacpp")
-    model = build_tiny(root / "model")
-    rows = [{"messages": [{"role": "user", "content": f"第{i % 4}题：闯红灯扣几分？"},
-                          {"role": "assistant", "content": f"记{6 + i % 4}分。"}]} for i in range(16)]
-    data = root / "qa.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    run = recipe.train(TrainConfig(model=str(model), data=str(data), eval_data=str(data), runs_dir=str(root / "runs"),
-                                   name="law", max_steps=30, learning_rate=5e-2, seed=1, precision="fp32",
-                                   save_steps=1000, lora={"r": 16, "alpha": 32})).run_dir
-    info = merge_and_export(str(model), run, root / "law", gguf=["q8_0"], n=4, max_new_tokens=12)
+    model, run, data = stopping_run
+    info = merge_and_export(str(model), run, tmp_path_factory.mktemp("llamacpp") / "law", gguf=["q8_0"], n=4,
+                            max_new_tokens=12)
     return info, data
 
 
@@ -55,6 +43,7 @@ def test_server_on_the_llamacpp_engine(exported, http_server):
     r = client.chat.completions.create(model=system.base_name, messages=ask)
     assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens <= 12
     adapter_answer = info["parity"]["adapter_answers"][1]
+    assert adapter_answer.startswith("记")  # a real answer, then end-of-turn
     assert r.choices[0].message.content == adapter_answer  # the same answer the adapter gave
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model=system.base_name, messages=ask, stream=True) if c.choices)

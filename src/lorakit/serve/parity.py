@@ -134,7 +134,7 @@ def compare(ref: Reference, engine, *, name: str, engine_name: str, fmt: str, si
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         total += len(probe.positions)
         lp, lq = F.log_softmax(want, -1), F.log_softmax(got, -1)
-        kl_sum += float((lp.exp() * (lp - lq)).sum(-1).sum())
+        kl_sum += float((lp.exp() * (lp - lq)).sum(-1).clamp_min(0).sum())  # ≥ 0 but for rounding
         max_diff = max(max_diff, float((got - want).abs().max()))
     answers, stopped = engine.answers([p.messages for p in ref.probes], max_new_tokens)
     parts = [parted_at(a, b) for a, b in zip(ref.answers, answers)]
