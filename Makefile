@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lorakit-installed
 
-.PHONY: demo test install clean bench browser screenshots
+.PHONY: demo test install clean bench browser screenshots parity
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ browser:
 # README's board pictures: the browser tests write one screenshot per page into docs/board/.
 screenshots: $(STAMP) browser
 	LORAKIT_BOARD_SCREENSHOTS=docs/board $(PY) -m pytest tests/board/test_board_browser.py
+
+# The export parity check on a run folder: make parity RUN=runs/NAME (GGUF q8_0 + q4_0 through llama.cpp).
+parity: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make parity RUN=runs/NAME"; exit 2; }
+	$(VENV)/bin/lorakit export --adapter $(RUN) --out $(RUN)-export --gguf q8_0 --gguf q4_0
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

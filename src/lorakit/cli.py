@@ -375,11 +375,13 @@ def perf_cmd(data: Path = typer.Option(..., "--data", "-d", help="Prompts to tim
              model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
              adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Adapter or run folder."),
              merged: Optional[Path] = typer.Option(None, "--merged", help="Merged model folder (lorakit export)."),
+             gguf: List[Path] = typer.Option([], "--gguf", help="Exported GGUF to time in llama.cpp; repeatable."),
              n: int = typer.Option(5, help="Number of prompts."), max_new_tokens: int = typer.Option(64),
              json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON.")):
-    """Latency, time to first token, decode tokens/s and peak memory for base, adapter and merged model."""
+    """Latency, time to first token, decode tokens/s and peak memory: base, adapter, merged, GGUF in llama.cpp."""
     from lorakit.evaluate.bench import as_dicts, perf, perf_table
-    results = perf(model, data, adapter=adapter, merged=merged, n=n, max_new_tokens=max_new_tokens, console=console)
+    results = perf(model, data, adapter=adapter, merged=merged, gguf=gguf, n=n, max_new_tokens=max_new_tokens,
+                   console=console)
     console.print(perf_table(results))
     if json_out:
         from lorakit.io import write_json
@@ -434,27 +436,53 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
 
 @app.command()
 @friendly
-def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m"),
+def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m",
+                                    help="Base model; with --engine llamacpp the exported .gguf file."),
           adapter: List[str] = typer.Option([], "--adapter", "-a", help="name=path or a run folder; repeat."),
+          engine: str = typer.Option("transformers", help="transformers (base + adapters, switched per request) "
+                                                           "or llamacpp (one exported GGUF through llama.cpp)."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
           max_tokens: int = typer.Option(256, help="Default max_tokens per request."),
+          max_tokens_limit: int = typer.Option(1024, help="Largest max_tokens a request may ask for (400 above)."),
+          max_prompt_tokens: int = typer.Option(4096, help="Longest prompt accepted, in tokens (400 above)."),
+          max_queue: int = typer.Option(32, help="Requests that may wait; one more gets 429 with Retry-After."),
+          max_batch: int = typer.Option(8, help="Requests of one system generated together (transformers)."),
+          timeout: float = typer.Option(120.0, help="Seconds per request from arrival: waiting longer is 504, "
+                                                    "generating longer cuts the answer."),
+          api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on "
+                                                "/v1/* (default: $LORAKIT_API_KEY, else no key)."),
           index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve NAME+rag systems that answer "
                                                                         "over this index, with evidence."),
           k: int = typer.Option(3, "-k", help="Passages per grounded answer."), learned: bool = LEARNED_OPT,
           rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, cite_shown: bool = CITE_OPT):
-    """OpenAI-compatible server (/v1/chat/completions, /v1/models) for the base model and several adapters."""
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) with limits and a queue."""
     import uvicorn
 
-    from lorakit.serve.server import Systems, build_app, parse_adapters
-    index = recipe = None
-    if index_dir is not None:
-        from lorakit.rag.index import load_index
-        index = load_index(index_dir)
-        recipe = _recipe(None, learned, rewrite, rerank)
-    systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k,
-                      cite_shown=cite_shown)
-    console.print(f"serving {', '.join(systems.names)} on http://{host}:{port}/v1")
-    uvicorn.run(build_app(systems, default_max_tokens=max_tokens), host=host, port=port, log_level="warning")
+    from lorakit.serve.server import Limits, Systems, api_key as key_from, build_app, parse_adapters
+    limits = Limits(api_key=key_from(api_key), max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens_limit,
+                    default_max_tokens=max_tokens, max_queue=max_queue, max_batch=max_batch, timeout_s=timeout)
+    if engine == "llamacpp":
+        from lorakit.serve.engines.llamacpp import GGUFSystem
+        if adapter or index_dir:
+            raise LorakitError("--engine llamacpp serves one exported GGUF: no --adapter or --index", field="engine",
+                               hint="Merge the adapter first: lorakit export --adapter RUN --out DIR --gguf q8_0")
+        if not model.endswith(".gguf"):
+            raise LorakitError("--engine llamacpp needs a .gguf file as --model", field="model")
+        systems = GGUFSystem(model, n_ctx=max_prompt_tokens + max_tokens_limit)
+    elif engine == "transformers":
+        index = recipe = None
+        if index_dir is not None:
+            from lorakit.rag.index import load_index
+            index = load_index(index_dir)
+            recipe = _recipe(None, learned, rewrite, rerank)
+        systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k,
+                          cite_shown=cite_shown)
+    else:
+        raise LorakitError(f"unknown engine '{engine}'", field="engine", hint="Use transformers or llamacpp")
+    console.print(f"serving {', '.join(systems.names)} on http://{host}:{port}/v1 ({engine}; "
+                  f"{'API key required' if limits.api_key else 'no API key'}; queue {max_queue}, "
+                  f"batch {max_batch if engine == 'transformers' else 1}, timeout {timeout:g} s)")
+    uvicorn.run(build_app(systems, limits=limits), host=host, port=port, log_level="warning")
 
 
 @app.command("export")
@@ -462,14 +490,41 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
 def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter or run folder."),
                out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged model."),
                model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
-               gguf: bool = typer.Option(False, "--gguf", help="Also write a GGUF file (f16)."),
-               gguf_dtype: str = typer.Option("f16", help="f16 or f32.")):
-    """Merge an adapter into its base model and save safetensors (and GGUF); checks the merge kept its effect."""
-    from lorakit.serve.export import base_of, merge_and_export
-    info = merge_and_export(model or base_of(adapter), adapter, out, gguf=gguf, gguf_dtype=gguf_dtype,
-                            console=console)
-    console.print(f"[green]merged[/] → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})"
-                  + (f"; GGUF → {info['gguf']}" if "gguf" in info else ""))
+               dtype: str = typer.Option("bf16", help="Merged safetensors in bf16 or fp32."),
+               gguf: List[str] = typer.Option([], "--gguf", help="Also write GGUF of this type (f16, q8_0, q5_0, "
+                                                                  "q4_0, f32); repeatable; f16 is always written "
+                                                                  "beside a quantised type."),
+               parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare the exported models with "
+                                           "the adapter model (GGUF in llama.cpp when installed)."),
+               data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prompts + reference answers for the "
+                                                                             "parity check (default: the run's eval "
+                                                                             "data)."),
+               n: int = typer.Option(16, "-n", "--prompts", help="Parity prompts."),
+               max_new_tokens: int = typer.Option(160, help="Greedy answer budget in the parity check.")):
+    """Merge an adapter into its base: safetensors, GGUF (+ Modelfile), checked against the adapter model."""
+    from lorakit.serve.export import base_of, failures, merge_and_export
+    from lorakit.serve.parity import Row, parity_table
+    info = merge_and_export(model or base_of(adapter), adapter, out, dtype=dtype, gguf=gguf, parity=parity,
+                            data=data, n=n, max_new_tokens=max_new_tokens, console=console)
+    console.print(f"[green]merged[/] ({dtype}) → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})")
+    for t, path in info["gguf"].items():
+        console.print(f"GGUF {t:5} → {path} ({Path(path).stat().st_size / 2 ** 20:,.0f} MB)")
+    if "modelfile" in info:
+        console.print(f"Modelfile → {info['modelfile']['path']} (FROM {info['modelfile']['from']}; "
+                      f"template {info['modelfile']['template']})")
+    if "parity" in info:
+        console.print(parity_table([Row(**r) for r in info["parity"]["rows"]]))
+        console.print(f"parity prompts: {info['parity']['source']}")
+        if not info["parity"]["llamacpp"]:
+            from lorakit.serve.engines.llamacpp import INSTALL_HINT
+            console.print(f"[yellow]GGUF files were checked in transformers, not llama.cpp:[/] {INSTALL_HINT}")
+    console.print(f"report: {Path(out) / 'export.json'}")
+    bad = failures(info)
+    if bad:
+        raise LorakitError("the export parity check failed, so these files must not be shipped: " + " | ".join(bad),
+                           file=Path(out) / "export.json",
+                           hint="A lost end-of-turn means the chat template or EOS did not survive; a low top-1 "
+                                "means the format loses too much (try q8_0 or f16)")
 
 
 # ---------------------------------------------------------------------------- board

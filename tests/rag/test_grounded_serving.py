@@ -25,7 +25,7 @@ def test_server_rag_systems_answer_over_passages_with_evidence(tiny_model, tiny_
 
     with client.stream("POST", "/v1/chat/completions", json={**ask, "model": "law+rag", "stream": True}) as r:
         events = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
-    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     assert [p["label"] for p in events[-1]["lorakit"]["passages"]] == [p["label"] for p in ev["passages"]]
 
 

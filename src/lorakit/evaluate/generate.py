@@ -67,10 +67,12 @@ def start_processors(tokenizer, starts, prompt_len: int):
 
 def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
              batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None,
-             starts: Sequence[Sequence[str] | None] | None = None, temperature: float = 0.0) -> list[str]:
+             starts: Sequence[Sequence[str] | None] | None = None, temperature: float = 0.0,
+             stopped: list[bool] | None = None) -> list[str]:
     """Greedy answers (or sampled, with ``temperature`` > 0) for each message list (left-padded batches, stop at
     the end-of-turn token). ``starts``: per conversation, the strings its answer must begin with one of
-    (`AllowedStarts`), or None."""
+    (`AllowedStarts`), or None. ``stopped``, when given, receives for each conversation whether its answer ended
+    on a stop token (else it ran out of ``max_new_tokens``)."""
     import torch
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -80,6 +82,7 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
     texts = [tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True) for m in conversations]
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: list[str] = [""] * len(texts)
+    ended = [False] * len(texts)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -94,10 +97,13 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
                                      pad_token_id=tokenizer.pad_token_id, **extra, **sampling)
             for row, i in zip(gen[:, width:], idx):
                 out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                ended[i] = any(t in stops for t in row.tolist())
             if on_batch:
                 on_batch(len(idx))
     finally:
         tokenizer.padding_side = old_side
+    if stopped is not None:
+        stopped[:] = ended
     return out
 
 

@@ -1,4 +1,5 @@
-"""GGUF out: write a Hugging Face causal-LM folder (Qwen2 or Llama architecture) as an F32 or F16 GGUF file.
+"""GGUF out: write a Hugging Face causal-LM folder (Qwen2 or Llama architecture) as a GGUF file: F32, F16, or
+quantised with the `gguf` package's own quantisers (Q8_0, Q5_0, Q4_0: the block formats llama.cpp reads).
 
 The `gguf` package has no HF→GGUF converter (that lives in llama.cpp), so this is a small one built on
 `gguf.GGUFWriter`, following llama.cpp's `convert_hf_to_gguf.py` conventions:
@@ -8,7 +9,11 @@ The `gguf` package has no HF→GGUF converter (that lives in llama.cpp), so this
   neighbouring dimensions); transformers undoes that permutation when it loads a llama GGUF. Qwen2 is written
   as is: llama.cpp uses NEOX-style rope for it and transformers applies no permutation on load;
 * hyper-parameters under the ``{arch}.*`` keys, the byte-level BPE tokenizer (tokens, types, merges,
-  bos/eos/pad ids, pre-tokenizer name) and the chat template under ``tokenizer.*``.
+  bos/eos/pad ids, pre-tokenizer name), the chat template and the end-of-turn id (``tokenizer.ggml.eot_token_id``:
+  what llama.cpp and Ollama stop on, the usual cause of a GGUF that "never stops") under ``tokenizer.*``;
+* quantised files keep 1-D tensors (norms, biases) in F32 and, for the 4/5-bit types, the output head in Q8_0
+  (llama.cpp's own quantiser also keeps that tensor at a higher precision); a row length that is no multiple of
+  the block size falls back to F16, as llama.cpp does.
 
 `transformers` loads the result back (``from_pretrained(dir, gguf_file=...)``) with identical logits for F32.
 Tensors are streamed from the safetensors files one at a time, so memory stays near one tensor's size.
@@ -22,7 +27,31 @@ from lorakit.errors import LorakitError
 from lorakit.io import atomic_path
 
 SUPPORTED = {"qwen2": "QWEN2", "llama": "LLAMA"}  # HF model_type → gguf.MODEL_ARCH member
-DTYPES = ("f32", "f16")
+DTYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q5_0": "MOSTLY_Q5_0",
+              "q4_0": "MOSTLY_Q4_0"}  # gguf.LlamaFileType members
+
+
+def tensor_type(dtype: str, name: str, shape: tuple[int, ...]):
+    """The GGML type one tensor is stored in for a file of ``dtype`` (see the module docstring for the rules)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+    if len(shape) < 2 or dtype == "f32":
+        return T.F32
+    if dtype == "f16":
+        return T.F16
+    qtype = T[dtype.upper()]
+    if dtype != "q8_0" and name == "output.weight":
+        qtype = T.Q8_0
+    return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else T.F16
+
+
+def tensor_bytes(qtype, shape: tuple[int, ...]) -> int:
+    from gguf import GGML_QUANT_SIZES
+    block, size = GGML_QUANT_SIZES[qtype]
+    n = 1
+    for d in shape:
+        n *= d
+    return n // block * size
 
 
 def _permute_llama(w, n_head: int, n_head_kv: int | None = None):
@@ -76,6 +105,8 @@ def _tokenizer_fields(model_dir: Path, vocab_size: int) -> dict:
     from gguf import TokenType
     from transformers import AutoTokenizer
 
+    from lorakit.models.chat import end_of_turn_id
+
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as e:
@@ -111,6 +142,7 @@ def _tokenizer_fields(model_dir: Path, vocab_size: int) -> dict:
         "bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id, "unk": tok.unk_token_id,
         "add_bos": bool(probe) and tok.bos_token_id is not None and probe[0] == tok.bos_token_id,
         "chat_template": tok.chat_template if isinstance(tok.chat_template, str) else None,
+        "eot": end_of_turn_id(tok) if isinstance(tok.chat_template, str) else None,
     }
 
 
@@ -127,14 +159,14 @@ def _weight_files(model_dir: Path) -> list[Path]:
 
 
 def write_gguf(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
-    """Write the HF causal LM in ``model_dir`` as a GGUF file at ``out`` (F32, or F16 for 2-D weights)."""
+    """Write the HF causal LM in ``model_dir`` as a GGUF file at ``out`` (``dtype``: one of DTYPES)."""
     import gguf
     import numpy as np
     from safetensors import safe_open
 
     model_dir, out = Path(model_dir), Path(out)
     if dtype not in DTYPES:
-        raise LorakitError(f"unknown GGUF dtype '{dtype}'", field="dtype", hint="Use f32 or f16")
+        raise LorakitError(f"unknown GGUF type '{dtype}'", field="gguf", hint="Use " + ", ".join(DTYPES))
     cfg_file = model_dir / "config.json"
     if not cfg_file.exists():
         raise LorakitError("this folder has no config.json, so it is not a Hugging Face model folder", file=model_dir)
@@ -156,7 +188,7 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
     tokf = _tokenizer_fields(model_dir, vocab_size)
     names = gguf.get_tensor_name_map(arch, n_layers)
 
-    # Plan: (gguf name, file, hf name, shape, numpy dtype) for every tensor, before any byte is written.
+    # Plan: (gguf name, file, hf name, shape, GGML type) for every tensor, before any byte is written.
     plan = []
     for f in _weight_files(model_dir):
         with safe_open(str(f), framework="pt") as st:
@@ -169,15 +201,14 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
                 if name is None:
                     raise LorakitError(f"tensor '{key}' has no GGUF name for architecture {arch_name}", file=f)
                 shape = tuple(st.get_slice(key).get_shape())
-                np_dtype = np.float16 if (dtype == "f16" and len(shape) == 2) else np.float32
-                plan.append((name, f, key, shape, np_dtype))
+                plan.append((name, f, key, shape, tensor_type(dtype, name, shape)))
     if not tied and not any(p[2] == "lm_head.weight" for p in plan):
         raise LorakitError("config says the output head is untied but there is no lm_head.weight", file=model_dir)
 
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch_name)
         w.add_name(config.get("_model_name_or_path") or model_dir.name)
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[dtype]))
         w.add_context_length(int(config.get("max_position_embeddings") or 2048))
         w.add_embedding_length(hidden)
         w.add_block_count(n_layers)
@@ -201,15 +232,16 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
         w.add_add_eos_token(False)
         if tokf["chat_template"]:
             w.add_chat_template(tokf["chat_template"])
-        for name, _f, _key, shape, np_dtype in plan:
-            nbytes = int(np.prod(shape)) * np.dtype(np_dtype).itemsize
-            w.add_tensor_info(name, shape, np.dtype(np_dtype), nbytes)
+        if tokf["eot"] is not None:
+            w.add_eot_token_id(int(tokf["eot"]))
+        for name, _f, _key, shape, qtype in plan:
+            w.add_tensor_info(name, shape, np.dtype(np.float32), tensor_bytes(qtype, shape), raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         handles = {}
         try:
-            for name, f, key, _shape, np_dtype in plan:
+            for name, f, key, _shape, qtype in plan:
                 if f not in handles:
                     handles[f] = safe_open(str(f), framework="pt")
                 t = handles[f].get_tensor(key).float().numpy()
@@ -217,7 +249,7 @@ def write_gguf(model_dir: Path, out: Path, dtype: str = "f32") -> Path:
                     t = _permute_llama(t, n_head, n_head)
                 elif model_type == "llama" and ".attn_k." in name:
                     t = _permute_llama(t, n_head, n_kv)
-                w.write_tensor_data(np.ascontiguousarray(t.astype(np_dtype, copy=False)))
+                w.write_tensor_data(np.ascontiguousarray(gguf.quants.quantize(t, qtype)))
         finally:
             handles.clear()
             w.close()

@@ -1,0 +1,132 @@
+"""llama.cpp through llama-cpp-python (the optional extra ``lorakit[llamacpp]``): an exported GGUF run the way
+llama.cpp, LM Studio and Ollama run it, with the chat template and tokenizer stored in the file.
+
+llama-cpp-python compiles llama.cpp when pip installs it (no wheel on PyPI), so it is an extra, not a dependency.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lorakit.errors import LorakitError
+
+INSTALL_HINT = ("pip install 'lorakit[llamacpp]' (llama-cpp-python==0.3.36; pip compiles llama.cpp, which took "
+                "about 9 minutes on 2 busy cores here)")
+
+
+def available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class LlamaCpp:
+    """One GGUF loaded in llama.cpp. ``logits=True`` keeps every position's logits (teacher-forced comparison)."""
+
+    def __init__(self, gguf: str | Path, *, n_ctx: int = 2048, logits: bool = False):
+        if not available():
+            raise LorakitError("llama.cpp is needed for this and llama-cpp-python is not installed", hint=INSTALL_HINT)
+        from llama_cpp import Llama
+        gguf = Path(gguf)
+        try:
+            self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads(), n_threads_batch=threads(),
+                             logits_all=logits, verbose=False, seed=0)
+        except ValueError as e:  # llama-cpp-python reports every load failure as ValueError
+            raise LorakitError(f"llama.cpp could not load this GGUF ({e})", file=gguf) from None
+        self.path = gguf
+        self.n_ctx = n_ctx
+        meta = self.llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+        ids = {int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta}
+        self.stop_ids = ids | {self.llm.token_eos()}
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat template stored in the GGUF, rendered the way llama-cpp-python renders it, then tokenized."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        if not self.template:
+            raise LorakitError("this GGUF carries no chat template, so a chat cannot be prompted as it was trained",
+                               file=self.path, hint="Export it with lorakit export, which writes the template in")
+        meta = self.llm.metadata
+        token = lambda key: self.llm.detokenize([int(meta[key])], special=True).decode("utf-8", "replace") \
+            if key in meta else ""  # noqa: E731
+        fmt = Jinja2ChatFormatter(template=self.template, eos_token=token("tokenizer.ggml.eos_token_id"),
+                                  bos_token=token("tokenizer.ggml.bos_token_id"))
+        return self.tokenize(fmt(messages=messages).prompt)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def tokens(self, ids: list[int], *, temperature: float = 0.0):
+        """Generated token ids after ``ids``, one at a time, without end (the caller stops on stop_ids)."""
+        return self.llm.generate(ids, temp=temperature, top_k=1 if temperature == 0 else 40, top_p=1.0, min_p=0.0,
+                                 repeat_penalty=1.0, reset=True)
+
+    def logits(self, ids: list[int], positions: list[int] | None = None):
+        """Next-token logits at ``positions`` (all when None) after evaluating ``ids`` from an empty context."""
+        import numpy as np
+        self.llm.reset()
+        self.llm.eval(ids)
+        scores = np.asarray(self.llm.scores[:len(ids)], dtype=np.float32)
+        return scores if positions is None else scores[positions]
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's split of already-templated text (special tokens parsed, no BOS added)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def chat(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0, stop=None, stream=False):
+        """An OpenAI-shaped chat completion, prompted through the chat template inside the GGUF."""
+        return self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=temperature,
+                                               top_k=1 if temperature == 0 else 40, repeat_penalty=1.0,
+                                               stop=stop or [], stream=stream, seed=0)
+
+    def answers(self, prompts: list[list[dict]], max_new_tokens: int) -> tuple[list[str], list[bool]]:
+        texts, stopped = [], []
+        for messages in prompts:
+            out = self.chat(messages, max_tokens=max_new_tokens)
+            choice = out["choices"][0]
+            texts.append((choice["message"]["content"] or "").strip())
+            stopped.append(choice["finish_reason"] == "stop")
+        return texts, stopped
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class GGUFSystem:
+    """One GGUF served by llama.cpp behind lorakit's server (the same limits, queue, usage and stop handling as the
+    transformers engine). llama-cpp-python decodes one sequence at a time, so jobs run one after another."""
+
+    index = None
+
+    def __init__(self, gguf: str | Path, *, n_ctx: int = 4096):
+        self.engine = LlamaCpp(gguf, n_ctx=n_ctx)
+        self.base_name = Path(gguf).stem
+        self.names = [self.base_name]
+        self.context = n_ctx
+        self.engine.prompt_ids([{"role": "user", "content": "ok"}])  # no template: refuse now, not per request
+
+    def weights(self, name: str) -> str:
+        return name
+
+    def run_batch(self, jobs, limits) -> None:
+        from lorakit.serve.scheduler import Output
+        for job in jobs:
+            if job.messages is not None:
+                ids = self.engine.prompt_ids(job.messages)
+            else:
+                ids = self.engine.llm.tokenize(job.prompt.encode("utf-8"), add_bos=True, special=False)
+            cap = min(limits.max_prompt_tokens, self.context - job.max_tokens)
+            if len(ids) > cap:
+                job.emit(("error", 400, f"the prompt has {len(ids)} tokens; this server takes at most {cap} prompt "
+                                        f"tokens (max_prompt_tokens {limits.max_prompt_tokens}; the context of "
+                                        f"{self.context} less max_tokens {job.max_tokens})", "context_length_exceeded"))
+                continue
+            out = Output(job, self.engine.decode, self.engine.stop_ids, len(ids))
+            for token in self.engine.tokens(ids, temperature=job.temperature):
+                out.add(token)
+                if out.done:
+                    break
+            out.close()

@@ -1,0 +1,122 @@
+"""`lorakit export` on the tiny model: bf16 safetensors, GGUF f16 + quantised types with the chat template and
+end-of-turn inside, the Ollama Modelfile, and the export parity check with its verdicts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def run(stopping_run):
+    return stopping_run
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    from lorakit.serve.export import merge_and_export
+    model, adapter, _ = run
+    out = tmp_path_factory.mktemp("exported") / "law-merged"
+    return merge_and_export(str(model), adapter, out, gguf=["q8_0", "q4_0"], n=4, max_new_tokens=12), out
+
+
+def test_export_writes_bf16_gguf_types_and_modelfile(exported, run):
+    import gguf
+    from safetensors import safe_open
+
+    from lorakit.models import load_tokenizer
+    from lorakit.serve.modelfile import CHECKS, derive_pieces, read_modelfile
+    info, out = exported
+    assert list(info["gguf"]) == ["f16", "q8_0", "q4_0"]  # f16 beside the quantised types, in order
+    with safe_open(str(out / "model.safetensors"), framework="pt") as st:
+        assert {str(st.get_tensor(k).dtype) for k in st.keys()} == {"torch.bfloat16"}
+    tok = load_tokenizer(run[0])
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    sizes = {}
+    for t, path in info["gguf"].items():
+        r = gguf.GGUFReader(path)
+        fields = {k: r.fields[k] for k in ("tokenizer.chat_template", "tokenizer.ggml.eot_token_id")}
+        assert bytes(fields["tokenizer.chat_template"].parts[-1]).decode() == tok.chat_template
+        assert int(fields["tokenizer.ggml.eot_token_id"].parts[-1][0]) == eot
+        types = {x.name: x.tensor_type.name for x in r.tensors}
+        assert types["blk.0.attn_norm.weight"] == "F32"  # 1-D tensors stay F32
+        assert types["blk.0.ffn_down.weight"] == t.upper()
+        assert types["output.weight"] == ("Q8_0" if t == "q4_0" else t.upper())  # the head keeps 8 bits
+        sizes[t] = info["files"][f"{out.name}.{t}.gguf"]
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
+
+    mf = read_modelfile(out / "Modelfile")
+    assert mf["FROM"] == f"./{out.name}.q8_0.gguf" and (out / mf["FROM"]).exists()  # the first type asked for
+    assert ("stop", "<|im_end|>") in mf["PARAMETER"]
+    pieces = derive_pieces(tok)
+    assert mf["TEMPLATE"] == pieces.go_template() and "{{ .Content }}" in mf["TEMPLATE"]
+    for msgs in CHECKS:  # the Go template's pieces render every check conversation as the Jinja template does
+        assert pieces.compose(msgs) == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def test_export_parity_rows_and_report(exported):
+    info, out = exported
+    saved = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert saved["ok"] == info["ok"] and "parity" in saved and not (out / ".fp32").exists()
+    par = saved["parity"]
+    assert "eval questions" in par["source"] and len(par["prompts"]) == 4 and par["answer_tokens"] >= 4 * 3
+    rows = {r["name"]: r for r in par["rows"]}
+    assert list(rows) == ["adapter (reference)", "merged (bf16)", "gguf f16", "gguf q8_0", "gguf q4_0"]
+    ref = rows["adapter (reference)"]
+    assert ref["stopped"] == ref["n"] == 4, ref["answers"]  # the adapter learned to stop: a real stop check
+    assert all(a.startswith("记") for a in ref["answers"]), ref["answers"]  # after real words, not at once
+    for name in ("gguf f16", "gguf q8_0"):
+        r = rows[name]
+        assert r["top1"] >= r["floor"] and r["kl"] < 0.01 and r["identical"] == 4 and r["stopped"] == 4, r
+        assert r["failures"] == [] and r["parted_at"] == [None] * 4
+    q4 = rows["gguf q4_0"]
+    assert q4["kl"] > rows["gguf q8_0"]["kl"] > rows["gguf f16"]["kl"] >= 0  # more bits lost, further away
+    assert rows["merged (bf16)"]["engine"] == "transformers"
+
+
+def test_verdicts_name_what_is_wrong():
+    from lorakit.serve.parity import Probe, Reference, Row, verdict
+    ref = Reference(probes=[Probe([])] * 2, logits=[], answers=["记6分。", "记7分。"], stopped=[True, True])
+
+    def row(top1, answers, stopped, fmt="q8_0"):
+        return Row(name="gguf", engine="llama.cpp", fmt=fmt, size_mb=1, top1=top1, kl=0, max_logit_diff=0,
+                   identical=0, parted_at=[], stopped=sum(stopped), n=2, floor=0.97, answers=answers)
+
+    assert verdict(row(0.99, ref.answers, [True, True]), ref, [True, True]) == []
+    low = verdict(row(0.9, ref.answers, [True, True]), ref, [True, True])
+    assert len(low) == 1 and "90.0%" in low[0] and "97%" in low[0] and "q8_0" in low[0]
+    never = verdict(row(0.99, ["记6分。记6分。", "x"], [False, False]), ref, [False, False])
+    assert never and "never emits end-of-turn" in never[0]
+    past = verdict(row(0.99, ["记6分。记6分。", "记7分。"], [False, True]), ref, [False, True])
+    assert past and "runs past end-of-turn" in past[0] and "#1" in past[0]
+
+
+def test_cli_export_fails_clearly_when_parity_fails(run, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+    from lorakit.serve import parity
+    model, adapter, data = run
+    monkeypatch.setitem(parity.FLOORS, "q4_0", 1.01)  # no file can reach it: the failure path, end to end
+    out = tmp_path / "m"
+    res = CliRunner().invoke(app, ["export", "--adapter", str(adapter), "--out", str(out), "--gguf", "q4_0",
+                                   "--data", str(data), "-n", "2", "--max-new-tokens", "6"])
+    assert res.exit_code == 2, res.output
+    assert "parity check failed" in res.output and "gguf q4_0" in res.output and "101%" in res.output
+    assert "Traceback" not in res.output
+    saved = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert saved["ok"] is False and [r["name"] for r in saved["parity"]["rows"] if r["failures"]] == ["gguf q4_0"]
+
+
+def test_export_refuses_bad_types_and_a_full_folder(run, tmp_path):
+    from lorakit.errors import LorakitError
+    from lorakit.serve.export import merge_and_export
+    model, adapter, _ = run
+    with pytest.raises(LorakitError, match="unknown GGUF type 'q3_k'"):
+        merge_and_export(str(model), adapter, tmp_path / "a", gguf=["q3_k"])
+    with pytest.raises(LorakitError, match="bf16 or fp32"):
+        merge_and_export(str(model), adapter, tmp_path / "a", dtype="fp8")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(LorakitError, match="not empty"):
+        merge_and_export(str(model), adapter, tmp_path / "full")
