@@ -130,5 +130,5 @@ def test_export_merges_with_its_parity_check(page, shots, workspace, trained_run
     page.click("#export-run-btn")
     expect(page.locator("#export-result")).to_contain_text("parity check: max logit difference")
     expect(page.locator("#exports")).to_contain_text("exports/merged")
-    assert (workspace / "exports" / "merged" / "lorakit_export.json").exists()
+    assert (workspace / "exports" / "merged" / "export.json").exists()
     shot(page, shots, "export")

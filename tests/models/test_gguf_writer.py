@@ -114,7 +114,7 @@ def test_written_metadata(tiny_gguf):
 def test_unsupported_inputs_are_lorakit_errors(tiny_model, tmp_path):
     with pytest.raises(LorakitError, match="config.json"):
         write_gguf(tmp_path, tmp_path / "x.gguf")
-    with pytest.raises(LorakitError, match="f32 or f16"):
+    with pytest.raises(LorakitError, match="unknown GGUF type .q4."):
         write_gguf(tiny_model, tmp_path / "x.gguf", dtype="q4")
     other = tmp_path / "gpt2"
     shutil.copytree(tiny_model, other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import httpx
@@ -10,6 +11,13 @@ import openai
 import pytest
 
 KEY = "sk-lorakit-test"
+
+
+def run_async(coro):
+    """asyncio.run in a thread of its own: a test that ran before (Playwright's sync API) may have left an event
+    loop set on the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +115,7 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(client, served):
         await aclient.close()
         return [r.choices[0].message.content for r in rs]
 
-    assert asyncio.run(together()) == alone  # left-padded batch rows answer as they do alone
+    assert run_async(together()) == alone  # left-padded batch rows answer as they do alone
     assert served.server.config.app.state.scheduler.stats()["served"] == before + 4
 
 
@@ -122,7 +130,7 @@ def test_load_100_clients_answered_or_refused_with_429(served):
                 return r.status_code, r.headers.get("retry-after"), r.json()
             return await asyncio.wait_for(asyncio.gather(*[one(i) for i in range(100)]), 90)
 
-    results = asyncio.run(load())
+    results = run_async(load())
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 429}, codes
     assert codes.count(200) >= 16  # at least a full queue's worth was served

@@ -110,9 +110,12 @@ class Board:
                 if p.is_dir():
                     if (p / "meta.json").exists() and (p / "chunks.jsonl").exists():
                         indexes.append(self.rel(p))
-                    elif (p / "lorakit_export.json").exists():
-                        exports.append({"path": self.rel(p), **(json.loads((p / "lorakit_export.json").read_text(
-                            encoding="utf-8")))})
+                    elif (p / "export.json").exists() and (p / "config.json").exists():
+                        info = json.loads((p / "export.json").read_text(encoding="utf-8"))
+                        ggufs = list((info.get("gguf") or {}).values())
+                        exports.append({"path": self.rel(p), "adapter": info.get("adapter"),
+                                        "max_logit_diff": info.get("max_logit_diff"), "ok": info.get("ok"),
+                                        "gguf": ggufs[0] if ggufs else None})
                     elif depth < 4 and p.name not in SKIP_DIRS and not (p / "config.json").exists():
                         walk(p, depth + 1)
                 elif p.name == "dataset_info.json":
@@ -504,9 +507,11 @@ def build_board(root: str | Path, *, token: str, model: str = "qwen2.5-coder-0.5
 
         def work(progress):
             progress(0, None, "merging")
-            info = merge_and_export(base_of(run), run, out, gguf=req.gguf, console=quiet_console())
+            info = merge_and_export(base_of(run), run, out, gguf=["f16"] if req.gguf else [], parity=req.gguf,
+                                    console=quiet_console())
+            ggufs = list((info.get("gguf") or {}).values())
             return {**info, "merged": board.rel(Path(info["merged"])),
-                    **({"gguf": board.rel(Path(info["gguf"]))} if "gguf" in info else {})}
+                    "gguf": board.rel(Path(ggufs[0])) if ggufs else None}
         return board.jobs.submit("export", work).view()
 
     @app.exception_handler(FormError)
