@@ -8,7 +8,7 @@ from lorakit.data.pairs import defect, make_pairs
 from lorakit.data.record import Conversation, Turn
 from lorakit.data.split import split
 
-REF = "根据《道路交通安全法》第九十一条，饮酒后驾驶机动车的，暂扣六个月机动车驾驶证，并处一千元以上二千元以下罚款。"
+REF = "根据《道路交通安全法》第九十一条，喝酒后开车的，驾驶证暂扣六个月，另罚一千元到二千元。"
 
 
 def test_defects_are_the_checkable_ones():
