@@ -88,6 +88,11 @@ class Conversation:
         return cls(turns=turns, system=system, **kw)
 
 
+def prompt_messages(system: str | None, prompt: list[Turn]) -> list[dict[str, Any]]:
+    """The system text (if any) and the prompt turns as messages: what preference and KTO records are asked."""
+    return ([{"role": "system", "content": system}] if system else []) + [t.message() for t in prompt]
+
+
 @dataclass
 class Preference:
     """A prompt (system + turns ending with a user turn) with a preferred and a dispreferred reply (DPO, ORPO,
@@ -102,7 +107,7 @@ class Preference:
     tools: list[dict] | None = None
 
     def prompt_messages(self) -> list[dict[str, Any]]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [t.message() for t in self.prompt]
+        return prompt_messages(self.system, self.prompt)
 
     def conversation(self, which: str = "chosen") -> Conversation:
         """The prompt followed by one reply, as an SFT conversation (for lengths, masks and checks)."""
@@ -134,7 +139,7 @@ class Feedback:
     tools: list[dict] | None = None
 
     def prompt_messages(self) -> list[dict[str, Any]]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [t.message() for t in self.prompt]
+        return prompt_messages(self.system, self.prompt)
 
     def conversation(self) -> Conversation:
         return Conversation(turns=self.prompt + self.completion, system=self.system, source=self.source,
