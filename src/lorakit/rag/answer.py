@@ -81,8 +81,8 @@ def answer_starts(question: str, hits: Sequence[Hit]) -> list[str]:
     the start of an answer; the model still chooses which passage by its own logits."""
     if not hits:
         return []
-    refusal = no_answer(question)
-    return [citation_start(question, h) for h in hits] + [refusal[:7] if is_chinese(question) else refusal[:28]]
+    refusal = "参考资料中没有" if is_chinese(question) else "None of the reference passages"  # how no_answer begins
+    return [citation_start(question, h) for h in hits] + [refusal]
 
 
 def fit_messages(tokenizer, question: str, hits: Sequence[Hit], *, budget: int, max_chars: int = 600,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lorakit.errors import LorakitError
-from lorakit.rag.answer import is_chinese
+from lorakit.rag.answer import _NUM, is_chinese
 from lorakit.rag.index import Hit, Index
 
 @dataclass
@@ -40,7 +40,7 @@ class RaftStats:
 
 
 # A leading citation of the record's own answer (根据《道路交通安全法》第九十一条，…), replaced by the passage's label.
-_LEADING_CITE = re.compile(r"^\s*(根据|依据|按照)?\s*《[^《》]{1,60}》\s*第[零〇一二三四五六七八九十百千两\d]+条(之[一二三四五六七八九十\d]+)?"
+_LEADING_CITE = re.compile(rf"^\s*(根据|依据|按照)?\s*《[^《》]{{1,60}}》\s*第[{_NUM}]+条(之[一二三四五六七八九十\d]+)?"
                            r"(的规定)?\s*[，,：:]?\s*")
 
 
