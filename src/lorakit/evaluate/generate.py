@@ -107,11 +107,56 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
     return out
 
 
+def decoder_and_head(model):
+    """(decoder, output layer) of a causal LM when it separates them (hidden states first, the 152k-word head
+    applied only where needed); (None, None) otherwise. PEFT models give the decoder with the adapters in it."""
+    get_decoder = getattr(model, "get_decoder", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = get_decoder() if get_decoder is not None else None
+    if decoder is None or head is None or getattr(head, "weight", None) is None:
+        return None, None
+    return decoder, head
+
+
+def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_chunk: int = 512):
+    """Cross-entropy (batch × length, 0 where ``target`` is -100) of the next token at the trained positions.
+
+    The head is applied to the trained positions of each row only, ``rows_per_chunk`` positions at a time (fp32
+    cross-entropy of bf16/fp32 logits, as training computes it), so memory stays near one chunk of 152k-word
+    logits (≈ 0.3 GB) whatever the batch: asking for the union of the batch's trained positions
+    (``logits_to_keep``) kept every position of a batch of long prompts with passages whose answers start at
+    different offsets — 8 rows × 2,000 positions × 152k words, the 6.5 GB peak of a `rag eval`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = torch.zeros(target.shape, dtype=torch.float32, device=target.device)
+    sel = target != -100
+    if not bool(sel.any()):
+        return out
+    decoder, head = decoder_and_head(model)
+    with torch.no_grad(), autocast_ctx(model, precision):
+        if decoder is None:  # no separable head: whole logits, as the model gives them
+            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+            out[sel] = F.cross_entropy(logits[sel].float(), target[sel], reduction="none")
+            return out
+        h = decoder(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[:, :-1]
+        hs, ts = h[sel], target[sel]
+        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+        parts = []
+        for c in range(0, hs.size(0), rows_per_chunk):
+            logits = head(hs[c:c + rows_per_chunk]).float()
+            if cap:  # Gemma squashes its logits: the loss is read on the scale the model generates with
+                logits = torch.tanh(logits / cap) * cap
+            parts.append(F.cross_entropy(logits, ts[c:c + rows_per_chunk], reduction="none"))
+        out[sel] = torch.cat(parts)
+    return out
+
+
 def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_length: int = 1024,
                 precision=None, batch_size: int = 8) -> tuple[float, list[float]]:
     """Mean loss per trained token on the reference answers (same mask as training) and per-example losses."""
     import torch
-    import torch.nn.functional as F
 
     from lorakit.data.tokenize import assistant_spans
     device = next(model.parameters()).device
@@ -125,18 +170,8 @@ def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_le
         att = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk], device=device)
         lab = torch.tensor([[t if k else -100 for t, k in zip(i, m)] + [-100] * (width - len(i)) for i, m in chunk],
                            device=device)
-        # Logits only where the next token is trained (as training does): the full (batch × length × 152k
-        # vocabulary) fp32 logits of long prompts with passages would take gigabytes.
         target = lab[:, 1:]
-        keep = (target != -100).any(dim=0).nonzero().squeeze(-1)
-        if keep.numel() == 0:
-            keep = torch.zeros(1, dtype=torch.long, device=device)
-        with torch.no_grad(), autocast_ctx(model, precision):
-            logits = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits
-        target = target[:, keep]
-        lp = torch.stack([F.cross_entropy(logits[b].float(), target[b], ignore_index=-100, reduction="none")
-                          for b in range(logits.size(0))])
-        del logits
+        lp = trained_token_losses(model, ids, att, target, precision)
         n = (target != -100).sum(1)
         for s, c in zip(lp.sum(1).tolist(), n.tolist()):
             per.append(s / c if c else float("nan"))

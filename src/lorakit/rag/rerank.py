@@ -126,11 +126,9 @@ class LMReranker:
         """
         import torch
 
-        from lorakit.evaluate.generate import autocast_ctx
-        get_decoder = getattr(self.model, "get_decoder", None)
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        decoder = get_decoder() if get_decoder is not None else None
-        if decoder is None or head is None or getattr(head, "weight", None) is None:
+        from lorakit.evaluate.generate import autocast_ctx, decoder_and_head
+        decoder, head = decoder_and_head(self.model)
+        if decoder is None:
             with autocast_ctx(self.model, self.precision):
                 logits = self.model(input_ids=ids, attention_mask=att, position_ids=position_ids,
                                     logits_to_keep=1).logits[:, -1].float()
