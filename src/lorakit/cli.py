@@ -683,12 +683,16 @@ def rag_raft(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              plain: bool = typer.Option(True, "--plain/--no-plain", help="Keep the question-only records in the mix."),
              plain_share: float = typer.Option(1.0, "--plain-share", help="Share of the question-only records kept "
                                                                           "(a seeded draw)."),
+             order: str = typer.Option("retrieval", "--order", help="retrieval: the passages in the order retrieval "
+                                                                    "gives them; random: the source at a random "
+                                                                    "position among sampled distractors."),
+             copies: int = typer.Option(1, "--copies", help="RAFT records per training record, each its own draw."),
              seed: int = typer.Option(0)):
     """Write retrieval-augmented fine-tuning records: question + passages (source among distractors, or not) → answer."""
     from lorakit.rag.index import load_index
     from lorakit.rag.raft import build_raft
     st = build_raft(load_index(index_dir), data, out, k=k, p_gold=p_gold, max_chars=max_chars, keep_plain=plain,
-                    plain_share=plain_share, seed=seed)
+                    plain_share=plain_share, copies=copies, order=order, seed=seed)
     console.print(f"[green]wrote[/] {out}: {st.raft} RAFT records ({st.with_gold} with the source article among "
                   f"{k} passages, {st.without_gold} with distractors only, answered 'not in the passages') + "
                   f"{st.plain} plain question-only records; {st.cited_added} answers got their citation added, "

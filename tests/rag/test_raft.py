@@ -83,3 +83,42 @@ def test_plain_share_keeps_a_seeded_part_of_the_question_only_records(bm25_index
     from lorakit.errors import LorakitError
     with pytest.raises(LorakitError, match="plain records"):
         raft_records(bm25_index, _records(), plain_share=1.5)
+
+
+def test_copies_draw_their_own_distractors_and_positions(bm25_index):
+    rows, st = raft_records(bm25_index, _records(8), k=3, p_gold=1.0, seed=3, copies=3, keep_plain=False)
+    assert st.raft == len(rows) == 24 and st.with_gold == 24 and st.plain == 0
+    by_q: dict[str, list[tuple[str, ...]]] = {}
+    for r in rows:
+        by_q.setdefault(r["messages"][0]["content"].split("\n")[0], []).append(tuple(r["raft"]["passages"]))
+    assert all(len(v) == 3 for v in by_q.values())
+    # the draws differ: across the eight questions, copies of one question are not all the same passage list
+    assert any(len(set(v)) > 1 for v in by_q.values())
+    import pytest
+    from lorakit.errors import LorakitError
+    with pytest.raises(LorakitError, match="copies"):
+        raft_records(bm25_index, _records(2), copies=0)
+
+
+def test_retrieval_order_shows_the_passages_as_rag_ask_ranks_them(bm25_index):
+    from lorakit.rag.retrieve import Recipe, Retriever
+    recs = _records(12)
+    rows, st = raft_records(bm25_index, recs, k=3, p_gold=1.0, seed=2, keep_plain=False, order="retrieval")
+    ranked = Retriever(bm25_index, Recipe(learned=False)).rankings([r.prompt for r in recs])
+    label = {i: f"《{c.document}》{c.article}" for i, c in enumerate(bm25_index.chunks)}
+    by_q = {r["messages"][0]["content"].split("\n")[0].removeprefix("问题："): r for r in rows}
+    for rec, order in zip(recs, ranked):
+        row = by_q[rec.prompt]
+        gold = f"《{LAW}》{rec.source['article']}"
+        top = [label[i] for i, _, _ in order[:3]]
+        shown = row["raft"]["passages"]
+        if gold in top:  # retrieval found it: the passages are exactly its top 3, in its order
+            assert shown == top
+        else:  # it missed: the source is put in, the others keep retrieval's order
+            assert gold in shown and [x for x in shown if x != gold] == [x for x in top if x != gold][:2]
+    # drawn without the source: the top 3 other passages, in retrieval's order
+    rows, _ = raft_records(bm25_index, recs[:4], k=3, p_gold=0.0, keep_plain=False)
+    by_q = {r["messages"][0]["content"].split("\n")[0].removeprefix("问题："): r for r in rows}
+    for rec, order in zip(recs[:4], ranked[:4]):
+        gold = f"《{LAW}》{rec.source['article']}"
+        assert by_q[rec.prompt]["raft"]["passages"] == [label[i] for i, _, _ in order if label[i] != gold][:3]
