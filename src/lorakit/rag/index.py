@@ -285,7 +285,7 @@ class Index:
         return [Hit(i, self.chunks[i], s, r + 1, ranks) for r, (i, s, ranks) in enumerate(ranked[:k])]
 
     def ranking(self, query: str, mode: str, *, depth: int = 100, learned: bool = True,
-                learned_weight: float | None = None) -> list[tuple[int, float, dict[str, int]]]:
+                learned_weight: float | None = None, rrf_k: int | None = None) -> list[tuple[int, float, dict[str, int]]]:
         """(chunk id, score, {list: rank}) best first: the whole ranking that `search` cuts to k.
 
         What the index learned from Q&A records *adds* lists to the fusion and never replaces the statute's own
@@ -294,26 +294,31 @@ class Index:
         them instead won on questions worded like the log (recall@5 0.91 against 0.76 on the bundled short
         set) but lost on consultations about articles the log never cites (0.45 against 0.64 on the
         colloquial set), because every question then leans towards the articles the log covers.
-        ``learned_weight`` (default `LEARNED_WEIGHT`) weighs the learned lists in the fusion against the plain ones.
+        ``learned_weight`` (default `LEARNED_WEIGHT`) weighs the learned lists in the fusion against the plain
+        ones; ``rrf_k`` (default `RRF_K`) is the fusion's rank constant.
         """
-        use = learned and self.has_learned
-        lists: dict[str, np.ndarray] = {}
-        if mode in ("bm25", "hybrid"):
-            ids, scores = self.bm25_ranking(query)
-            if mode == "bm25" and not use:
-                return [(int(i), float(s), {"bm25": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
-            lists["bm25"] = ids[:depth]
-            if use:
-                lists["bm25+learned"] = self.bm25_ranking(query, questions=True, terms=True)[0][:depth]
-        if mode in ("dense", "hybrid"):
-            ids, scores = self.dense_ranking(query)
-            if mode == "dense" and not use:
-                return [(int(i), float(s), {"dense": r + 1}) for r, (i, s) in enumerate(zip(ids, scores))]
-            lists["dense"] = ids[:depth]
-            if use:
-                lists["dense+learned"] = self.dense_ranking(query, questions=True)[0][:depth]
+        lists = self.fusion_lists(query, mode, learned=learned)
+        if len(lists) == 1:  # one list: its own scores and order, nothing to fuse
+            ((name, (ids, scores)),) = lists.items()
+            return [(int(i), float(sc), {name: r + 1}) for r, (i, sc) in enumerate(zip(ids, scores))]
         w = LEARNED_WEIGHT if learned_weight is None else learned_weight
-        return rrf(lists, weights={n: w for n in lists if n.endswith("+learned")})
+        return rrf({n: ids[:depth] for n, (ids, _) in lists.items()}, k=RRF_K if rrf_k is None else rrf_k,
+                   weights={n: w for n in lists if n.endswith("+learned")})
+
+    def fusion_lists(self, query: str, mode: str, *, learned: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The ranked lists (ids, scores) that `ranking` fuses for ``mode``: bm25 and/or dense, each with its
+        learned twin when the index learned from Q&A records and ``learned`` is on."""
+        use = learned and self.has_learned
+        lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if mode in ("bm25", "hybrid"):
+            lists["bm25"] = self.bm25_ranking(query)
+            if use:
+                lists["bm25+learned"] = self.bm25_ranking(query, questions=True, terms=True)
+        if mode in ("dense", "hybrid"):
+            lists["dense"] = self.dense_ranking(query)
+            if use:
+                lists["dense+learned"] = self.dense_ranking(query, questions=True)
+        return lists
 
 
 def rrf(lists: dict[str, Sequence[int]], k: int = RRF_K,
