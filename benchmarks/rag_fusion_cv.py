@@ -12,27 +12,13 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import replace
 
 import numpy as np
 
 from lorakit.evaluate.compare import load_eval_records
-from lorakit.rag.index import BM25, _e5, load_index, passage_text, rrf, segment
+from lorakit.rag.fusion import fold_index, question_vectors
+from lorakit.rag.index import load_index, rrf
 from lorakit.rag.ingest import source_chunks
-from lorakit.rag.learn import expansion_text, learn
-
-
-def fold_index(index, pairs):
-    """``index`` with what it learned replaced by what ``pairs`` (question, chunk id) teach."""
-    learned = learn(pairs, index.chunks)
-    texts = [passage_text(c) for c in index.chunks]
-    bm25_learned = BM25.build([segment(t + "\n" + expansion_text(learned, i)) for i, t in enumerate(texts)])
-    qe = None
-    if index.embeddings is not None:
-        qs = [q for q, _ in learned.question_list()]
-        qe = np.concatenate([np.asarray(_e5().query(qs[i:i + 32]), dtype=np.float32).reshape(-1, index.embeddings.shape[1])
-                             for i in range(0, len(qs), 32)])
-    return replace(index, learned=learned, bm25_learned=bm25_learned, question_embeddings=qe)
 
 
 def main():
@@ -52,13 +38,15 @@ def main():
         if ids:
             pairs.append((r.prompt, ids[0], set(ids)))
     random.Random(a.seed).shuffle(pairs)
+    vectors = question_vectors(index)
     ranks = {g: [] for g in grid}
     for f in range(a.folds):
         test = pairs[f::a.folds]
         train = [(q, i) for j, (q, i, _) in enumerate(pairs) if j % a.folds != f]
-        idx = fold_index(index, train)
+        idx = fold_index(index, train, vectors)
         for q, _, want in test:
-            lists = {n: ids[:100] for n, (ids, _) in idx.fusion_lists(q, idx.default_mode()).items()}
+            v = vectors.get(q) if vectors else None
+            lists = {n: ids[:100] for n, (ids, _) in idx.fusion_lists(q, idx.default_mode(), vector=v).items()}
             for k, w in grid:
                 order = [i for i, _, _ in rrf(lists, k=k, weights={n: w for n in lists if n.endswith("+learned")})]
                 ranks[(k, w)].append(next((p + 1 for p, i in enumerate(order) if i in want), 10 ** 6))

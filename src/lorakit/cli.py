@@ -52,9 +52,9 @@ def friendly(fn):
     return wrapper
 
 
-def _recipe(mode, learned, rewrite, rerank):
+def _recipe(mode, learned, rewrite, rerank, fusion=None):
     from lorakit.rag.retrieve import Recipe
-    return Recipe(mode=mode, learned=learned, rewrite=rewrite or None, rerank=rerank)
+    return Recipe(mode=mode, learned=learned, rewrite=rewrite or None, rerank=rerank, fusion=fusion or None)
 
 
 LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the index learned from Q&A records "
@@ -62,6 +62,8 @@ LEARNED_OPT = typer.Option(True, "--learned/--no-learned", help="Use what the in
 REWRITE_OPT = typer.Option(None, "--rewrite", help="LM query rewriting before the search: answer (a hypothetical "
                                                    "answer) or terms (legal issues and statute words).")
 RERANK_OPT = typer.Option(0, "--rerank", help="Rerank the top N candidates with the LM (0: off).")
+FUSION_OPT = typer.Option(None, "--fusion", help="How the lists are fused: rrf (default) or learned (a model the "
+                                                 "index fit on its training questions, rag index --learn).")
 CITE_OPT = typer.Option(True, "--cite-shown/--cite-free", help="Grounded answers begin by citing one of the passages "
                                                               "shown (or by saying none answers), enforced while "
                                                               "decoding; --cite-free lets the model write anything.")
@@ -420,7 +422,7 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
          index_dir: Optional[Path] = typer.Option(None, "--index", help="Answer over passages retrieved from this "
                                                                        "index (lorakit rag index), with evidence."),
          k: int = typer.Option(3, "-k", help="Passages shown per question (with --index)."),
-         learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+         learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, fusion: Optional[str] = FUSION_OPT,
          cite_shown: bool = CITE_OPT):
     """Chat in the terminal with streaming output (base model, or base + adapter); --index grounds every answer."""
     from lorakit.serve.chat import chat_loop
@@ -428,7 +430,7 @@ def chat(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m
     if index_dir is not None:
         from lorakit.rag.index import load_index
         index = load_index(index_dir)
-        recipe = _recipe(None, learned, rewrite, rerank).resolved(index)
+        recipe = _recipe(None, learned, rewrite, rerank, fusion).resolved(index)
     chat_loop(model, adapter, system=system, max_new_tokens=max_new_tokens, temperature=temperature, console=console,
               index=index, recipe=recipe, k=k, on_answer=lambda a: show_evidence(a, answer=False),
               cite_shown=cite_shown)
@@ -454,7 +456,7 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
           index_dir: Optional[Path] = typer.Option(None, "--index", help="Also serve NAME+rag systems that answer "
                                                                         "over this index, with evidence."),
           k: int = typer.Option(3, "-k", help="Passages per grounded answer."), learned: bool = LEARNED_OPT,
-          rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, cite_shown: bool = CITE_OPT):
+          rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, fusion: Optional[str] = FUSION_OPT, cite_shown: bool = CITE_OPT):
     """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) with limits and a queue."""
     import uvicorn
 
@@ -474,7 +476,7 @@ def serve(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-
         if index_dir is not None:
             from lorakit.rag.index import load_index
             index = load_index(index_dir)
-            recipe = _recipe(None, learned, rewrite, rerank)
+            recipe = _recipe(None, learned, rewrite, rerank, fusion)
         systems = Systems(model, parse_adapters(adapter), console=console, index=index, recipe=recipe, k=k,
                           cite_shown=cite_shown)
     else:
@@ -586,6 +588,11 @@ def rag_index(docs: List[Path] = typer.Argument(..., help="Markdown/text files o
                f"{meta['learned']['terms']} mapped words)" if meta.get("learned") else "")
     console.print(f"[green]indexed[/] {meta['chunks']} chunks of {len(meta['documents'])} document(s) → {out}: "
                   f"BM25 over {meta['bm25']['vocabulary']} terms, {dense_note}{learned}")
+    fusion = (meta.get("learned") or {}).get("fusion")
+    if fusion:
+        console.print(f"learned fusion ({fusion['mode']}, --fusion learned): {fusion['folds']}-fold cross-validated MRR "
+                      f"{fusion['learned']['mrr']:.3f} against RRF's {fusion['rrf']['mrr']:.3f} on the "
+                      f"{fusion['questions']} training questions", highlight=False)
 
 
 @rag_app.command("search")
@@ -596,14 +603,14 @@ def rag_search(index_dir: Path = typer.Argument(..., help="Index folder (lorakit
                mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid (default: hybrid when the index "
                                                             "has embeddings, else bm25)."),
                full: bool = typer.Option(False, "--full", help="Print each chunk's whole text."),
-               learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+               learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, fusion: Optional[str] = FUSION_OPT,
                model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model", "-m",
                                          help="Model for --rewrite / --rerank.")):
     """Show the chunks an index retrieves for a query, with their scores and ranks."""
     from lorakit.rag.index import load_index
     from lorakit.rag.retrieve import Retriever
     index = load_index(index_dir)
-    recipe = _recipe(mode, learned, rewrite, rerank).resolved(index)
+    recipe = _recipe(mode, learned, rewrite, rerank, fusion).resolved(index)
     lm = None
     if recipe.needs_model:
         from lorakit.rag.answer import load_generator
@@ -633,7 +640,7 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
             mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
             max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
             max_new_tokens: int = typer.Option(256), system: Optional[str] = typer.Option(None),
-            learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+            learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, fusion: Optional[str] = FUSION_OPT,
             cite_shown: bool = CITE_OPT):
     """Answer a question from the index with the base model or an adapter, citing 《…》第X条."""
     from lorakit.rag.answer import ask
@@ -641,7 +648,7 @@ def rag_ask(index_dir: Path = typer.Argument(..., help="Index folder (lorakit ra
     index = load_index(index_dir)
     with console.status(f"loading {model}…"):
         ans = ask(index, question, model=model, adapter=adapter, k=k, mode=mode, max_chars=max_chars,
-                  max_new_tokens=max_new_tokens, system=system, recipe=_recipe(mode, learned, rewrite, rerank),
+                  max_new_tokens=max_new_tokens, system=system, recipe=_recipe(mode, learned, rewrite, rerank, fusion),
                   console=console, cite_shown=cite_shown)
     show_evidence(ans)
 
@@ -717,13 +724,13 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
                                                  "reports still go to --out."),
              levers: bool = typer.Option(False, "--levers", help="Also measure the LM levers (query rewriting, "
                                                                  "reranking) alone; loads the model."),
-             learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT,
+             learned: bool = LEARNED_OPT, rewrite: Optional[str] = REWRITE_OPT, rerank: int = RERANK_OPT, fusion: Optional[str] = FUSION_OPT,
              cite_shown: bool = CITE_OPT, system_prompt: Optional[str] = typer.Option(None)):
     """Base / base+RAG / fine-tuned / fine-tuned+RAG on one test set, with retrieval recall@k and citations."""
     from lorakit.rag.compare import default_recipes, rag_compare, retrieval_recall, write_retrieval_reports
     from lorakit.rag.index import load_index
     index = load_index(index_dir)
-    recipe = _recipe(mode, learned, rewrite, rerank).resolved(index)
+    recipe = _recipe(mode, learned, rewrite, rerank, fusion).resolved(index)
     if retrieval_only:
         from lorakit.evaluate.compare import load_eval_records
         records = load_eval_records(data, limit=limit)

@@ -125,7 +125,7 @@ def test_learned_round_trip_and_question_order(learned_index):
 def test_learned_index_files_meta_and_reload(learned_index):
     path = learned_index.path
     assert sorted(p.name for p in path.iterdir()) == ["bm25.npz", "bm25_learned.npz", "chunks.jsonl",
-                                                      "learned.json", "meta.json"]
+                                                      "fusion.json", "learned.json", "meta.json"]
     records = load_eval_records(demo_train())
     cited = [source_chunks(r.source, learned_index.chunks)[0] for r in records]
     usable = [ids[0] for ids in cited if ids]
@@ -135,7 +135,7 @@ def test_learned_index_files_meta_and_reload(learned_index):
     assert meta["records"] == 172 and meta["articles"] == len(set(usable)) == len(learned_index.learned.questions)
     assert meta["terms"] == len(learned_index.learned.terms) > 0 and meta["sources"] == [str(demo_train())]
     again = load_index(path)
-    assert again.has_learned and again.learned == learned_index.learned
+    assert again.has_learned and again.learned == learned_index.learned and again.fusion == learned_index.fusion
     assert again.question_embeddings is None  # BM25 only: no question embeddings
     for q in QUERIES:
         for learned in (True, False):
@@ -278,15 +278,16 @@ def test_retriever_search_returns_k_ranked_hits(learned_index):
 
 def test_default_recipes_each_lever_once(bm25_index, learned_index, dense_index):
     assert [r.label() for r in default_recipes(bm25_index)] == ["bm25"]
-    assert [r.label() for r in default_recipes(learned_index)] == ["bm25", "bm25 + learned"]
+    assert [r.label() for r in default_recipes(learned_index)] == ["bm25", "bm25 + learned",
+                                                                   "bm25 + learned (learned fusion)"]
     assert [r.label() for r in default_recipes(dense_index)] == ["bm25", "dense", "hybrid"]
     both = dense_learned(dense_index, {})
     labels = [r.label() for r in default_recipes(both)]
     assert labels == ["bm25", "dense", "hybrid", "bm25 + learned", "dense + learned", "hybrid + learned"]
     levers = default_recipes(learned_index, lm_levers=True, base=Recipe(mode="bm25"))
     labels = [r.label() for r in levers]
-    assert labels == ["bm25", "bm25 + learned", "bm25 + learned + rewrite:answer", "bm25 + learned + rewrite:terms",
-                      "bm25 + learned + rerank@20"]
+    assert labels == ["bm25", "bm25 + learned", "bm25 + learned (learned fusion)", "bm25 + learned + rewrite:answer",
+                      "bm25 + learned + rewrite:terms", "bm25 + learned + rerank@20"]
     # base resolved against the index: on one that learned nothing, the LM levers run without learned
     assert [r.label() for r in default_recipes(bm25_index, lm_levers=True)][1:] == [
         "bm25 + rewrite:answer", "bm25 + rewrite:terms", "bm25 + rerank@20"]

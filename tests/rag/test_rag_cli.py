@@ -78,19 +78,19 @@ def test_index_with_learn_and_retrieval_only_reports(laws, tmp_path):
     report = json.loads((reports / "rag.json").read_text(encoding="utf-8"))
     ret = report["retrieval"]
     assert ret["total"] == ret["matched"] == 45 and not ret["unmatched"]
-    assert list(ret["modes"]) == ["bm25", "bm25 + learned"]  # each lever alone, one row per recipe
+    assert list(ret["modes"]) == ["bm25", "bm25 + learned", "bm25 + learned (learned fusion)"]  # one row per recipe
     assert ret["modes"]["bm25 + learned"]["recall@5"] > ret["modes"]["bm25"]["recall@5"]
     assert report["meta"]["n"] == 45 and report["meta"]["model"] is None
     md = (reports / "rag.md").read_text(encoding="utf-8")
     rows = [ln for ln in md.splitlines() if ln.startswith("| bm25")]
-    assert [ln.split(" | ")[0] for ln in rows] == ["| bm25", "| bm25 + learned"]
+    assert [ln.split(" | ")[0] for ln in rows] == ["| bm25", "| bm25 + learned", "| bm25 + learned (learned fusion)"]
     assert f"{ret['modes']['bm25 + learned']['recall@5']:.3f}" in rows[1]
     per = [json.loads(ln) for ln in (reports / "retrieved.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(per) == 45
     assert per[0]["target"] == "《中华人民共和国道路交通安全法》第九十一条"
     for row in per:
         assert row["question"] and row["target"].startswith("《")
-        assert set(row["ranks"]) == {"bm25", "bm25 + learned"}
+        assert set(row["ranks"]) == {"bm25", "bm25 + learned", "bm25 + learned (learned fusion)"}
         assert all(v is None or v >= 1 for v in row["ranks"].values())
     found = sum(1 for row in per if row["ranks"]["bm25 + learned"] and row["ranks"]["bm25 + learned"] <= 5)
     assert found / 45 == pytest.approx(ret["modes"]["bm25 + learned"]["recall@5"])

@@ -101,6 +101,8 @@ def default_recipes(index: Index, lm_levers: bool = False, base: "Recipe | None"
     out = [Recipe(mode=m, learned=False) for m in modes]
     if index.has_learned:
         out += [Recipe(mode=m, learned=True) for m in modes]
+        if index.fusion is not None:  # the learned fusion beside RRF, for the mode it was fit for
+            out.append(Recipe(mode=index.fusion.mode, learned=True, fusion="learned"))
     if lm_levers:
         base = (base or Recipe()).resolved(index)
         out += [replace(base, rewrite="answer", rerank=0), replace(base, rewrite="terms", rerank=0),

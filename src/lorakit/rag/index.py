@@ -36,6 +36,7 @@ from lorakit.data.build import Chunk
 from lorakit.errors import LorakitError
 
 if TYPE_CHECKING:
+    from lorakit.rag.fusion import Fusion
     from lorakit.rag.learn import Learned
 
 MODES = ("bm25", "dense", "hybrid")
@@ -219,6 +220,7 @@ class Index:
     learned: "Learned | None" = None  # from the domain's Q&A records (`lorakit.rag.learn`), when indexed with them
     bm25_learned: BM25 | None = None  # BM25 over each article's text plus the training questions that cite it
     question_embeddings: np.ndarray | None = None  # e5 query embeddings of `learned.question_list()`, in order
+    fusion: "Fusion | None" = None  # the fusion fit on the learned questions (`lorakit.rag.fusion`)
 
     @property
     def has_learned(self) -> bool:
@@ -259,10 +261,12 @@ class Index:
         order = ids[np.argsort(-s[ids], kind="stable")]
         return order, s[order]
 
-    def dense_ranking(self, query: str, *, questions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def dense_ranking(self, query: str, *, questions: bool = False,
+                      vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All chunks by cosine similarity to the query; ``questions``: an article also scores the similarity of
-        the most similar training question that cites it (a question like an old one finds the old one's article)."""
-        v = embed_query(query)
+        the most similar training question that cites it (a question like an old one finds the old one's article).
+        ``vector``: the query's embedding when the caller has it already."""
+        v = embed_query(query) if vector is None else vector
         s = self.embeddings @ v
         if questions and self.question_embeddings is not None and self.learned is not None:
             owners = np.array([c for _, c in self.learned.question_list()], dtype=np.int64)
@@ -285,7 +289,8 @@ class Index:
         return [Hit(i, self.chunks[i], s, r + 1, ranks) for r, (i, s, ranks) in enumerate(ranked[:k])]
 
     def ranking(self, query: str, mode: str, *, depth: int = 100, learned: bool = True,
-                learned_weight: float | None = None, rrf_k: int | None = None) -> list[tuple[int, float, dict[str, int]]]:
+                learned_weight: float | None = None, rrf_k: int | None = None,
+                fusion: str | None = None) -> list[tuple[int, float, dict[str, int]]]:
         """(chunk id, score, {list: rank}) best first: the whole ranking that `search` cuts to k.
 
         What the index learned from Q&A records *adds* lists to the fusion and never replaces the statute's own
@@ -294,10 +299,23 @@ class Index:
         them instead won on questions worded like the log (recall@5 0.91 against 0.76 on the bundled short
         set) but lost on consultations about articles the log never cites (0.45 against 0.64 on the
         colloquial set), because every question then leans towards the articles the log covers.
-        ``learned_weight`` (default `LEARNED_WEIGHT`) weighs the learned lists in the fusion against the plain
-        ones; ``rrf_k`` (default `RRF_K`) is the fusion's rank constant.
+
+        ``fusion``: ``rrf`` (reciprocal rank fusion; ``learned_weight``, default `LEARNED_WEIGHT`, weighs the
+        learned lists and ``rrf_k``, default `RRF_K`, is its rank constant), ``learned`` (the model fit on the
+        training questions, `lorakit.rag.fusion`; opt-in: it wins the cross-validation on the training questions
+        and the bundled short set, and loses on the colloquial set over both folders, see the README), or None (rrf).
         """
-        lists = self.fusion_lists(query, mode, learned=learned)
+        if fusion not in (None, "rrf", "learned"):
+            raise LorakitError(f"unknown fusion '{fusion}'", field="fusion", hint="Use rrf or learned")
+        use = learned and self.has_learned
+        fit = self.fusion if use and self.fusion is not None and self.fusion.mode == mode else None
+        if fusion == "learned" and fit is None:
+            raise LorakitError(f"this index has no learned fusion for mode '{mode}'", file=self.path, field="fusion",
+                               hint="Build it with lorakit rag index … --learn TRAIN.jsonl, or use --fusion rrf")
+        vector = embed_query(query) if mode in ("dense", "hybrid") else None
+        lists = self.fusion_lists(query, mode, learned=learned, vector=vector)
+        if fusion == "learned" and list(lists) == fit.lists:
+            return fit.order(self, lists, vector)
         if len(lists) == 1:  # one list: its own scores and order, nothing to fuse
             ((name, (ids, scores)),) = lists.items()
             return [(int(i), float(sc), {name: r + 1}) for r, (i, sc) in enumerate(zip(ids, scores))]
@@ -305,9 +323,11 @@ class Index:
         return rrf({n: ids[:depth] for n, (ids, _) in lists.items()}, k=RRF_K if rrf_k is None else rrf_k,
                    weights={n: w for n in lists if n.endswith("+learned")})
 
-    def fusion_lists(self, query: str, mode: str, *, learned: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def fusion_lists(self, query: str, mode: str, *, learned: bool = True,
+                     vector: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The ranked lists (ids, scores) that `ranking` fuses for ``mode``: bm25 and/or dense, each with its
-        learned twin when the index learned from Q&A records and ``learned`` is on."""
+        learned twin when the index learned from Q&A records and ``learned`` is on. ``vector``: the query's
+        embedding, when the caller has it."""
         use = learned and self.has_learned
         lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if mode in ("bm25", "hybrid"):
@@ -315,9 +335,10 @@ class Index:
             if use:
                 lists["bm25+learned"] = self.bm25_ranking(query, questions=True, terms=True)
         if mode in ("dense", "hybrid"):
-            lists["dense"] = self.dense_ranking(query)
+            v = embed_query(query) if vector is None else vector
+            lists["dense"] = self.dense_ranking(query, vector=v)
             if use:
-                lists["dense+learned"] = self.dense_ranking(query, questions=True)
+                lists["dense+learned"] = self.dense_ranking(query, questions=True, vector=v)
         return lists
 
 
@@ -402,6 +423,11 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
         question_embeddings = np.concatenate([np.asarray(_e5().query(questions[i:i + 32]), dtype=np.float32)
                                               .reshape(-1, embeddings.shape[1]) for i in range(0, len(questions), 32)])
 
+    fusion = None
+    if learned is not None:
+        from lorakit.rag.fusion import fit
+        fusion = fit(Index(None, chunks, bm25, embeddings, {}, learned, bm25_learned, question_embeddings))
+
     counts = Counter(c.file for c in chunks)
     meta = {
         "format": FORMAT,
@@ -420,7 +446,9 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
         meta["dense_skipped"] = skipped
     if learned is not None:
         meta["learned"] = {"sources": learned.sources, "records": learned.records,
-                           "articles": len(learned.questions), "terms": len(learned.terms)}
+                           "articles": len(learned.questions), "terms": len(learned.terms),
+                           "fusion": ({"mode": fusion.mode, "better_in_cv": fusion.better_in_cv, **fusion.cv}
+                                      if fusion else None)}
     with atomic_path(out, is_dir=True) as tmp:
         write_jsonl(tmp / "chunks.jsonl", ({**asdict(c), "sha1": _sha1(t)} for c, t in zip(chunks, texts)))
         bm25.save(tmp / "bm25.npz")
@@ -431,8 +459,10 @@ def build_index(docs: Sequence[str | Path], out: str | Path, *, dense: bool = Tr
             write_json(tmp / "learned.json", learned.as_dict())
             if question_embeddings is not None:
                 np.save(tmp / "question_embeddings.npy", question_embeddings)
+            if fusion is not None:
+                write_json(tmp / "fusion.json", fusion.as_dict())
         write_json(tmp / "meta.json", meta)
-    return Index(out, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings)
+    return Index(out, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings, fusion)
 
 
 def learn_from_files(files: Sequence[str | Path], chunks: Sequence[Chunk], *,
@@ -521,9 +551,16 @@ def load_index(path: str | Path) -> Index:
         if len(question_embeddings) != len(learned.question_list()):
             raise LorakitError("question_embeddings.npy does not match learned.json (a partial copy?)", file=path,
                                hint=hint)
+    fusion = None
+    if learned is not None and (path / "fusion.json").is_file():
+        from lorakit.rag.fusion import Fusion
+        try:
+            fusion = Fusion.from_dict(json.loads((path / "fusion.json").read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise LorakitError(f"fusion.json is unreadable ({e})", file=path / "fusion.json", hint=hint) from None
     embeddings = None
     if (path / "embeddings.npy").is_file():
         embeddings = np.load(path / "embeddings.npy", allow_pickle=False)
     if bm25.n_docs != len(chunks) or (embeddings is not None and len(embeddings) != len(chunks)):
         raise LorakitError("the index files disagree on the number of chunks (a partial copy?)", file=path, hint=hint)
-    return Index(path, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings)
+    return Index(path, chunks, bm25, embeddings, meta, learned, bm25_learned, question_embeddings, fusion)

@@ -24,6 +24,7 @@ class Recipe:
     rewrite: str | None = None  # LM query rewriting: "answer" (a hypothetical answer) or "terms" (legal issues)
     rerank: int = 0  # rerank the first stage's top N with the LM (0: off)
     depth: int = 100  # how deep each list goes into the hybrid fusion
+    fusion: str | None = None  # rrf (None) | learned: the fusion fit on the training questions (opt-in)
 
     @property
     def needs_model(self) -> bool:
@@ -37,12 +38,20 @@ class Recipe:
         if self.rerank < 0:
             raise LorakitError(f"rerank must be 0 (off) or the number of candidates (got {self.rerank})",
                                field="rerank")
-        return replace(self, mode=index.check_mode(self.mode), learned=self.learned and index.has_learned)
+        if self.fusion not in (None, "rrf", "learned"):
+            raise LorakitError(f"unknown fusion '{self.fusion}'", field="fusion", hint="Use rrf or learned")
+        mode = index.check_mode(self.mode)
+        learned = self.learned and index.has_learned
+        fit = index.fusion if learned and index.fusion is not None and index.fusion.mode == mode else None
+        if self.fusion == "learned" and fit is None:
+            raise LorakitError(f"this index has no learned fusion for mode '{mode}'", file=index.path, field="fusion",
+                               hint="Build it with lorakit rag index … --learn TRAIN.jsonl, or use --fusion rrf")
+        return replace(self, mode=mode, learned=learned, fusion=self.fusion if learned else None)
 
     def label(self) -> str:
         parts = [self.mode or "default"]
         if self.learned:
-            parts.append("learned")
+            parts.append("learned" + (" (learned fusion)" if self.fusion == "learned" else ""))
         if self.rewrite:
             parts.append(f"rewrite:{self.rewrite}")
         if self.rerank:
@@ -78,7 +87,7 @@ class Retriever:
             if not q or not q.strip():
                 raise LorakitError("the query is empty", field="query")
         r = self.recipe
-        out = [self.index.ranking(text, r.mode, depth=r.depth, learned=r.learned)
+        out = [self.index.ranking(text, r.mode, depth=r.depth, learned=r.learned, fusion=r.fusion)
                for text in self.search_texts(questions)]
         if r.rerank:
             from lorakit.rag.rerank import LMReranker, rerank
