@@ -73,3 +73,8 @@ def test_recipes_name_the_fusion_and_refuse_it_where_there_is_none(learned, bm25
         hits = Retriever(learned, Recipe(fusion=fusion)).search([x.prompt for x in recs], 20)
         found = sum(any(h.chunk.article == x.source["article"] for h in hs) for x, hs in zip(recs, hits))
         assert found >= 8
+
+
+def test_a_query_no_list_finds_still_gets_a_ranking(learned):
+    ranked = learned.ranking("zzqx", "bm25", fusion="learned")  # no BM25 term of the index
+    assert ranked == learned.ranking("zzqx", "bm25", fusion="rrf")

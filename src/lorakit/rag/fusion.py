@@ -110,7 +110,8 @@ def features(index: "Index", lists: dict[str, tuple[np.ndarray, np.ndarray]],
             else:
                 row.append(float(sc[p] - sc[0]) if p is not None else float(sc[min(len(sc), DEPTH) - 1] - sc[0]))
         rows.append(row)
-    return cands, np.asarray(rows, dtype=np.float64).reshape(len(cands), -1)
+    width = (1 if docs is not None else 0) + 1 + 2 * len(lists)
+    return cands, np.asarray(rows, dtype=np.float64).reshape(len(cands), width)
 
 
 def fold_index(index: "Index", pairs: Sequence[tuple[str, int]], vectors: dict[str, np.ndarray] | None) -> "Index":
