@@ -154,7 +154,7 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
             full = tmp / ".fp32"
             merged.save_pretrained(full)
             tokenizer.save_pretrained(full)
-            import gguf as gguf_package
+            from importlib.metadata import version
             for t in types:  # the unquantised source comes first: llama.cpp quantises from it
                 path = tmp / f"{out.name}.{t}.gguf"
                 with console.status(f"writing GGUF {t}…"):
@@ -163,7 +163,7 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
                     else:
                         write_gguf(full, path, dtype=t)
                         by = "lorakit's GGUF writer (gguf.GGUFWriter) from the fp32 merge" + (
-                            "" if t in UNQUANTISED else f", gguf {gguf_package.__version__}'s block quantisers")
+                            "" if t in UNQUANTISED else f", gguf {version('gguf')}'s block quantisers")
                 info["gguf"][t] = str(out / path.name)
                 info["gguf_written_by"][t] = by
                 info["gguf_tensor_types"][t] = tensor_type_counts(path)
