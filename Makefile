@@ -29,10 +29,10 @@ browser:
 screenshots: $(STAMP) browser
 	LORAKIT_BOARD_SCREENSHOTS=docs/board $(PY) -m pytest tests/board/test_board_browser.py
 
-# The export parity check on a run folder: make parity RUN=runs/NAME (GGUF q8_0 + q4_0 through llama.cpp).
+# The export parity check on a run folder: make parity RUN=runs/NAME (GGUF q8_0 + q4_k_m, quantised and run by llama.cpp).
 parity: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make parity RUN=runs/NAME"; exit 2; }
-	$(VENV)/bin/lorakit export --adapter $(RUN) --out $(RUN)-export --gguf q8_0 --gguf q4_0
+	$(VENV)/bin/lorakit export --adapter $(RUN) --out $(RUN)-export --gguf q8_0 --gguf q4_k_m
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py

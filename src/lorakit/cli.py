@@ -493,9 +493,12 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged model."),
                model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model (default: the run's)."),
                dtype: str = typer.Option("bf16", help="Merged safetensors in bf16 or fp32."),
-               gguf: List[str] = typer.Option([], "--gguf", help="Also write GGUF of this type (f16, q8_0, q5_0, "
-                                                                  "q4_0, f32); repeatable; f16 is always written "
-                                                                  "beside a quantised type."),
+               gguf: List[str] = typer.Option([], "--gguf", help="Also write GGUF of this type (f16, q8_0, q6_k, "
+                                                                  "q5_k_m, q5_0, q4_k_m, q4_0, f32); repeatable; f16 "
+                                                                  "is always written beside a quantised type."),
+               quantizer: str = typer.Option("auto", help="Who quantises: llama.cpp (its own quantiser, from the "
+                                             "f16 GGUF; needs llama-cpp-python; k-quants only here), gguf (the gguf "
+                                             "package, q8_0/q5_0/q4_0), or auto (llama.cpp when installed)."),
                parity: bool = typer.Option(True, "--parity/--no-parity", help="Compare the exported models with "
                                            "the adapter model (GGUF in llama.cpp when installed)."),
                data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prompts + reference answers for the "
@@ -506,11 +509,12 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
     """Merge an adapter into its base: safetensors, GGUF (+ Modelfile), checked against the adapter model."""
     from lorakit.serve.export import base_of, failures, merge_and_export
     from lorakit.serve.parity import Row, parity_table
-    info = merge_and_export(model or base_of(adapter), adapter, out, dtype=dtype, gguf=gguf, parity=parity,
-                            data=data, n=n, max_new_tokens=max_new_tokens, console=console)
+    info = merge_and_export(model or base_of(adapter), adapter, out, dtype=dtype, gguf=gguf, quantizer=quantizer,
+                            parity=parity, data=data, n=n, max_new_tokens=max_new_tokens, console=console)
     console.print(f"[green]merged[/] ({dtype}) → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})")
     for t, path in info["gguf"].items():
-        console.print(f"GGUF {t:5} → {path} ({Path(path).stat().st_size / 2 ** 20:,.0f} MB)")
+        console.print(f"GGUF {t:6} → {path} ({Path(path).stat().st_size / 2 ** 20:,.0f} MB; "
+                      f"{info['gguf_written_by'][t]})")
     if "modelfile" in info:
         console.print(f"Modelfile → {info['modelfile']['path']} (FROM {info['modelfile']['from']}; "
                       f"template {info['modelfile']['template']})")

@@ -17,7 +17,10 @@ def exported(run, tmp_path_factory):
     from lorakit.serve.export import merge_and_export
     model, adapter, _ = run
     out = tmp_path_factory.mktemp("exported") / "law-merged"
-    return merge_and_export(str(model), adapter, out, gguf=["q8_0", "q4_0"], n=4, max_new_tokens=12), out
+    # quantizer="gguf": the gguf package's quantisers (the path without llama-cpp-python); llama.cpp's own
+    # quantiser is tested in test_llamacpp.py
+    return merge_and_export(str(model), adapter, out, gguf=["q8_0", "q4_0"], quantizer="gguf", n=4,
+                            max_new_tokens=12), out
 
 
 def test_export_writes_bf16_gguf_types_and_modelfile(exported, run):
@@ -44,6 +47,11 @@ def test_export_writes_bf16_gguf_types_and_modelfile(exported, run):
         assert types["output.weight"] == ("Q8_0" if t == "q4_0" else t.upper())  # the head keeps 8 bits
         sizes[t] = info["files"][f"{out.name}.{t}.gguf"]
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
+    by = info["gguf_written_by"]
+    assert "gguf.GGUFWriter" in by["f16"] and "block quantisers" not in by["f16"]
+    assert all("gguf.GGUFWriter" in by[t] and "block quantisers" in by[t] for t in ("q8_0", "q4_0")), by
+    # 2 layers of 7 matrices + the embedding in Q4_0, the head in Q8_0, norms and q/k/v biases in F32
+    assert info["gguf_tensor_types"]["q4_0"] == {"Q4_0": 15, "F32": 11, "Q8_0": 1}
 
     mf = read_modelfile(out / "Modelfile")
     assert mf["FROM"] == f"./{out.name}.q8_0.gguf" and (out / mf["FROM"]).exists()  # the first type asked for
@@ -114,6 +122,10 @@ def test_export_refuses_bad_types_and_a_full_folder(run, tmp_path):
     model, adapter, _ = run
     with pytest.raises(LorakitError, match="unknown GGUF type 'q3_k'"):
         merge_and_export(str(model), adapter, tmp_path / "a", gguf=["q3_k"])
+    with pytest.raises(LorakitError, match="'q4_k_m' is written only by llama.cpp's quantiser"):
+        merge_and_export(str(model), adapter, tmp_path / "a", gguf=["q4_k_m"], quantizer="gguf")
+    with pytest.raises(LorakitError, match="unknown quantizer 'numpy'"):
+        merge_and_export(str(model), adapter, tmp_path / "a", gguf=["q8_0"], quantizer="numpy")
     with pytest.raises(LorakitError, match="bf16 or fp32"):
         merge_and_export(str(model), adapter, tmp_path / "a", dtype="fp8")
     (tmp_path / "full").mkdir()

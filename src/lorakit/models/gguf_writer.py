@@ -45,6 +45,14 @@ def tensor_type(dtype: str, name: str, shape: tuple[int, ...]):
     return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else T.F16
 
 
+def tensor_type_counts(path: str | Path) -> dict[str, int]:
+    """How many tensors of each GGML type a GGUF file holds (what a quantiser really chose, fallbacks included)."""
+    from collections import Counter
+
+    import gguf
+    return dict(Counter(t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors).most_common())
+
+
 def tensor_bytes(qtype, shape: tuple[int, ...]) -> int:
     from gguf import GGML_QUANT_SIZES
     block, size = GGML_QUANT_SIZES[qtype]

@@ -49,7 +49,7 @@ def build_tokenizer(vocab_size: int = 800):
     return fast
 
 
-def build_tiny(out: Path, *, seed: int = 0, arch: str = "qwen2") -> Path:
+def build_tiny(out: Path, *, seed: int = 0, arch: str = "qwen2", hidden: int = 64) -> Path:
     """Write a tiny random causal LM + tokenizer to ``out`` (~1 MB; builds in about a second)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
@@ -57,7 +57,7 @@ def build_tiny(out: Path, *, seed: int = 0, arch: str = "qwen2") -> Path:
     tok = build_tokenizer()
     torch.manual_seed(seed)
     cfg_cls = Qwen2Config if arch == "qwen2" else LlamaConfig
-    cfg = cfg_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = cfg_cls(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                   tie_word_embeddings=False, bos_token_id=None, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)

@@ -1,6 +1,11 @@
 """Merge a LoRA adapter into its base and write what other engines run: a safetensors folder (bf16 by default),
 GGUF files (f16 and quantised types) with the chat template and end-of-turn token inside, and an Ollama Modelfile.
 
+lorakit's own writer (``models.gguf_writer``) writes the f16/f32 GGUF from the fp32 merge; the quantised types
+are made from that file by llama.cpp's own quantiser when llama-cpp-python is installed (the k-quants need it),
+else by the gguf package's block quantisers inside the writer (q8_0, q5_0, q4_0). export.json says which wrote
+each file and which tensor types it holds.
+
 A merged model that loses its effect after conversion, or a GGUF that never stops, is the most common complaint
 about fine-tuning tools' export; so the export checks itself: the merge must keep the adapter's logits before
 anything is written, and then the export parity check (``lorakit.serve.parity``) compares every exported form,
@@ -50,16 +55,46 @@ def base_of(adapter: str | Path) -> str:
                        hint="Pass --model")
 
 
-def gguf_types(requested: Sequence[str]) -> list[str]:
-    """The GGUF files to write: f16 (the unquantised reference every quantised file is judged beside) first,
-    then the requested types in order."""
-    from lorakit.models.gguf_writer import DTYPES as GGUF_TYPES
+QUANTIZERS = ("auto", "llama.cpp", "gguf")
+UNQUANTISED = ("f32", "f16")
+
+
+def gguf_types(requested: Sequence[str], quantizer: str = "auto") -> list[str]:
+    """The GGUF files to write: the unquantised file every quantised one is made from and judged beside (f16, or
+    f32 when asked for) first, then the requested types in order. Refuses, before anything is written, a type
+    that the chosen quantiser cannot write."""
+    from lorakit.models.gguf_writer import DTYPES as WRITER_TYPES
+    from lorakit.serve.engines import llamacpp
+    known = list(dict.fromkeys(WRITER_TYPES + tuple(llamacpp.QUANT_TYPES)))
+    if quantizer not in QUANTIZERS:
+        raise LorakitError(f"unknown quantizer '{quantizer}'", field="quantizer", hint="Use " + ", ".join(QUANTIZERS))
     for t in requested:
-        if t not in GGUF_TYPES:
-            raise LorakitError(f"unknown GGUF type '{t}'", field="gguf", hint="Use " + ", ".join(GGUF_TYPES))
+        if t not in known:
+            raise LorakitError(f"unknown GGUF type '{t}'", field="gguf", hint="Use " + ", ".join(known))
+        if t in UNQUANTISED:
+            continue
+        if quantizer_of(t, quantizer) == "gguf" and t not in WRITER_TYPES:
+            raise LorakitError(f"GGUF type '{t}' is written only by llama.cpp's quantiser"
+                               + (" and llama-cpp-python is not installed" if quantizer == "auto" else ""),
+                               field="gguf", hint=llamacpp.INSTALL_HINT if quantizer == "auto" else
+                               "Use --quantizer llama.cpp (or auto), or a type of the gguf package: "
+                               + ", ".join(t for t in WRITER_TYPES if t not in UNQUANTISED))
+        if quantizer == "llama.cpp" and not llamacpp.available():
+            raise LorakitError("--quantizer llama.cpp needs llama-cpp-python, which is not installed",
+                               field="quantizer", hint=llamacpp.INSTALL_HINT)
     if not requested:
         return []
-    return list(dict.fromkeys((["f16"] if "f32" not in requested else []) + list(requested)))
+    source = ["f32"] if "f32" in requested else ["f16"]
+    return list(dict.fromkeys(source + list(requested)))
+
+
+def quantizer_of(t: str, quantizer: str = "auto") -> str:
+    """Who writes a quantised type: llama.cpp's quantiser when it is installed (auto) or asked for, else the gguf
+    package's block quantisers inside lorakit's writer."""
+    from lorakit.serve.engines import llamacpp
+    if quantizer == "auto":
+        return "llama.cpp" if llamacpp.available() else "gguf"
+    return quantizer
 
 
 def parity_conversations(adapter, data: str | Path | None, n: int) -> tuple[list[list[dict]] | None, str]:
@@ -76,21 +111,22 @@ def parity_conversations(adapter, data: str | Path | None, n: int) -> tuple[list
 
 
 def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype: str = "bf16",
-                     gguf: Sequence[str] = (), parity: bool = True, data: str | Path | None = None, n: int = 16,
-                     max_new_tokens: int = 160, console: Console | None = None) -> dict:
+                     gguf: Sequence[str] = (), quantizer: str = "auto", parity: bool = True,
+                     data: str | Path | None = None, n: int = 16, max_new_tokens: int = 160, console: Console | None = None) -> dict:
     import torch
 
     from lorakit.models import load_model, load_tokenizer, resolve
     from lorakit.models.chat import stop_ids
-    from lorakit.models.gguf_writer import write_gguf
+    from lorakit.models.gguf_writer import tensor_type_counts, write_gguf
     from lorakit.models.load import Precision, attach_adapter
+    from lorakit.serve.engines import llamacpp
     from lorakit.serve.modelfile import write_modelfile
     console = console or Console(stderr=True)
     out = Path(out)
     if dtype not in DTYPES:
         raise LorakitError(f"unknown dtype '{dtype}' for the merged safetensors", field="dtype",
                            hint="Use " + " or ".join(DTYPES))
-    types = gguf_types(gguf)
+    types = gguf_types(gguf, quantizer)
     if out.exists() and any(out.iterdir()):
         raise LorakitError("the output folder exists and is not empty", file=out, hint="Choose a new --out folder")
     t0 = time.perf_counter()
@@ -111,17 +147,26 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
                                file=adapter, hint="The adapter may target modules that cannot be merged")
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids(tokenizer)]
     info: dict = {"base": str(base_path), "adapter": str(adapter), "merged": str(out), "dtype": dtype,
-                  "max_logit_diff": diff, "files": {}, "gguf": {}}
+                  "max_logit_diff": diff, "files": {}, "gguf": {}, "gguf_written_by": {}, "gguf_tensor_types": {}}
     with atomic_path(out, is_dir=True) as tmp:
         if types:
             # GGUFs are written from the fp32 merge (not the bf16 copy), so f16 keeps f16's precision.
             full = tmp / ".fp32"
             merged.save_pretrained(full)
             tokenizer.save_pretrained(full)
-            for t in types:
+            from importlib.metadata import version
+            for t in types:  # the unquantised source comes first: llama.cpp quantises from it
+                path = tmp / f"{out.name}.{t}.gguf"
                 with console.status(f"writing GGUF {t}…"):
-                    path = write_gguf(full, tmp / f"{out.name}.{t}.gguf", dtype=t)
+                    if t not in UNQUANTISED and quantizer_of(t, quantizer) == "llama.cpp":
+                        by = llamacpp.quantize(tmp / f"{out.name}.{types[0]}.gguf", path, t)
+                    else:
+                        write_gguf(full, path, dtype=t)
+                        by = "lorakit's GGUF writer (gguf.GGUFWriter) from the fp32 merge" + (
+                            "" if t in UNQUANTISED else f", gguf {version('gguf')}'s block quantisers")
                 info["gguf"][t] = str(out / path.name)
+                info["gguf_written_by"][t] = by
+                info["gguf_tensor_types"][t] = tensor_type_counts(path)
             shutil.rmtree(full)
             info["modelfile"] = write_modelfile(tmp, f"{out.name}.{gguf[0]}.gguf", tokenizer, stops,
                                                 system=_run_config(adapter).get("system_prompt"), shown_as=out.name)

@@ -1,5 +1,7 @@
 """llama.cpp through llama-cpp-python (the optional extra ``lorakit[llamacpp]``): an exported GGUF run the way
-llama.cpp, LM Studio and Ollama run it, with the chat template and tokenizer stored in the file.
+llama.cpp, LM Studio and Ollama run it, with the chat template and tokenizer stored in the file; and llama.cpp's
+own quantiser (``llama_model_quantize``, what ``llama-quantize`` runs), which writes the k-quants and chooses the
+type of every tensor the way the GGUFs people download were made.
 
 llama-cpp-python compiles llama.cpp when pip installs it (no wheel on PyPI), so it is an extra, not a dependency.
 """
@@ -17,6 +19,40 @@ INSTALL_HINT = ("pip install 'lorakit[llamacpp]' (llama-cpp-python==0.3.36; pip 
 def available() -> bool:
     import importlib.util
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+# lorakit's GGUF type name → llama.cpp's file type (llama_ftype): the "mostly" type; llama.cpp picks each tensor's.
+QUANT_TYPES = {"q8_0": "MOSTLY_Q8_0", "q6_k": "MOSTLY_Q6_K", "q5_k_m": "MOSTLY_Q5_K_M", "q5_0": "MOSTLY_Q5_0",
+               "q4_k_m": "MOSTLY_Q4_K_M", "q4_0": "MOSTLY_Q4_0"}
+
+
+def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
+    """Quantise the f16 (or f32) GGUF ``src`` to ``dtype`` with llama.cpp's quantiser; returns who wrote it.
+
+    llama.cpp keeps 1-D tensors in F32, chooses higher-precision types for the tensors that need them (the output
+    head, half the attn_v/ffn_down of a *_M type) and falls back to a block format where a row is no multiple of
+    the 256 values a k-quant block holds (the 0.5B default's 896-wide rows: Q4_K becomes Q5_0, Q6_K Q8_0)."""
+    import ctypes
+
+    from lorakit.io import atomic_path
+    if not available():
+        raise LorakitError(f"GGUF type '{dtype}' is written by llama.cpp's quantiser and llama-cpp-python is not "
+                           f"installed", field="gguf", hint=INSTALL_HINT)
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+    if dtype not in QUANT_TYPES:
+        raise LorakitError(f"llama.cpp's quantiser does not write '{dtype}' for lorakit", field="gguf",
+                           hint="Use " + ", ".join(QUANT_TYPES))
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + QUANT_TYPES[dtype])
+    params.nthread = threads()
+    out = Path(out)
+    with atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):  # it logs every tensor on stderr
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise LorakitError(f"llama.cpp's quantiser failed on this GGUF (return code {rc}) writing {dtype}",
+                               file=src)
+    return f"llama.cpp (llama-cpp-python {llama_cpp.__version__}, llama_model_quantize) from {Path(src).name}"
 
 
 def threads() -> int:
