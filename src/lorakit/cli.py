@@ -403,7 +403,7 @@ def quickstart(model: str = typer.Option("qwen2.5-coder-0.5b-instruct", "--model
                rag: bool = typer.Option(True, "--rag/--no-rag", help="Index the law texts, train on the RAFT mix and "
                                                                     "compare four ways (else base vs fine-tuned)."),
                general: bool = typer.Option(True, "--general/--no-general", help="Also run the general probe: what "
-                                            "the fine-tune cost outside the domain (about 3 min on 2 cores).")):
+                                            "the fine-tune cost outside the domain.")):
     """The whole lifecycle on the bundled traffic-law demo: pull, check, index, train, evaluate, report."""
     from lorakit.quickstart import quickstart as run
     verdict = run(model=model, runs_dir=runs_dir, name=name, epochs=epochs, max_new_tokens=max_new_tokens,
