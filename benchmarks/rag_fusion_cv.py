@@ -54,7 +54,7 @@ def main():
     print("rrf k  weight   r@1    r@3    r@5    r@10   MRR")
     for k, w in grid:
         r = np.array(ranks[(k, w)])
-        print(f"{k:>5}  {w:>6} " + " ".join(f"{np.mean(r <= k):.3f} " for k in (1, 3, 5, 10)) + f"{np.mean(1 / r):.3f}")
+        print(f"{k:>5}  {w:>6} " + " ".join(f"{np.mean(r <= at):.3f} " for at in (1, 3, 5, 10)) + f"{np.mean(1 / r):.3f}")
 
 
 if __name__ == "__main__":

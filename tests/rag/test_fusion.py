@@ -51,7 +51,7 @@ def test_ranking_with_the_learned_fusion_covers_every_chunk_and_follows_the_mode
     rrf_ids = [i for i, _, _ in learned.ranking(q, "bm25", fusion="rrf")]
     assert sorted(ids) == sorted(rrf_ids) and len(set(ids)) == len(ids)
     lists = learned.fusion_lists(q, "bm25")
-    cands, X = features(learned, lists, None)
+    cands, X = features(learned, lists)
     scores = np.hstack([X, np.ones((len(X), 1))]) @ np.asarray(learned.fusion.weights)
     assert ids[:len(cands)] == [cands[j] for j in np.argsort(-scores, kind="stable")]
     assert [s for _, s, _ in ranked[:len(cands)]] == sorted(scores.tolist(), reverse=True)

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 FOLDS = 5
 TOP = 30  # candidates: the union of each list's top 30 (recall@30 of the fused list is ~0.98 on the short set)
 DEPTH = 100  # deeper than this a list's rank counts as "absent"
-DOCUMENTS = False  # the document-closeness feature (see the module docstring)
 L2 = 1.0  # ridge on the weights (not the bias); 0.1–10 were within 0.005 MRR in the cross-validation
 
 
@@ -59,13 +58,13 @@ class Fusion:
     def from_dict(cls, d: dict) -> "Fusion":
         return cls(str(d["mode"]), list(d["lists"]), [float(x) for x in d["weights"]], dict(d.get("cv", {})))
 
-    def order(self, index: "Index", lists: dict[str, tuple[np.ndarray, np.ndarray]],
-              vector: np.ndarray | None) -> list[tuple[int, float, dict[str, int]]]:
+    def order(self, index: "Index",
+              lists: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[int, float, dict[str, int]]]:
         """(chunk id, score, {list: rank}) best first: the candidates by the model's score, then the rest in RRF
         order (what `Index.ranking` returns)."""
         from lorakit.rag.index import RRF_K, rrf
         fused = rrf({n: ids[:DEPTH] for n, (ids, _) in lists.items()}, k=RRF_K)
-        cands, X = features(index, lists, vector)
+        cands, X = features(index, lists)
         s = np.hstack([X, np.ones((len(X), 1))]) @ np.asarray(self.weights)
         ranks = {i: r for i, _, r in fused}
         head = [(cands[j], float(s[j]), ranks.get(cands[j], {})) for j in np.argsort(-s, kind="stable")]
@@ -73,35 +72,17 @@ class Fusion:
         return head + [(i, sc, r) for i, sc, r in fused if i not in seen]
 
 
-def feature_names(lists: Sequence[str], with_documents: bool) -> list[str]:
-    out = (["document_closeness"] if with_documents else []) + ["log_length"]
-    for n in lists:
-        out += [f"{n}:-log_rank", f"{n}:score_vs_best"]
-    return out
+def feature_names(lists: Sequence[str]) -> list[str]:
+    return ["log_length"] + [f"{n}:{f}" for n in lists for f in ("-log_rank", "score_vs_best")]
 
 
-def features(index: "Index", lists: dict[str, tuple[np.ndarray, np.ndarray]],
-             vector: np.ndarray | None) -> tuple[list[int], np.ndarray]:
+def features(index: "Index", lists: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[list[int], np.ndarray]:
     """Candidates (the union of each list's top `TOP`, first seen first) and their feature rows."""
-    cands: list[int] = []
-    for ids, _ in lists.values():
-        for i in ids[:TOP]:
-            if int(i) not in cands:
-                cands.append(int(i))
-    docs = None
-    if DOCUMENTS and vector is not None and index.question_embeddings is not None and index.learned is not None:
-        sims = index.question_embeddings @ vector
-        best: dict[str, float] = {}
-        for (_, c), sim in zip(index.learned.question_list(), sims):
-            d = index.chunks[c].document
-            best[d] = max(best.get(d, -1.0), float(sim))
-        docs = best
-    top = max(docs.values()) if docs else 0.0
+    cands = list(dict.fromkeys(int(i) for ids, _ in lists.values() for i in ids[:TOP]))
     pos = {n: {int(i): p for p, i in enumerate(ids[:DEPTH])} for n, (ids, _) in lists.items()}
     rows = []
     for c in cands:
-        row = ([docs.get(index.chunks[c].document, top - 0.2) - top] if docs is not None else [])
-        row.append(float(np.log(len(index.chunks[c].text) + 1)))
+        row = [float(np.log(len(index.chunks[c].text) + 1))]
         for n, (ids, sc) in lists.items():
             p = pos[n].get(c)
             row.append(-float(np.log(p + 1 if p is not None else DEPTH + 1)))
@@ -110,8 +91,7 @@ def features(index: "Index", lists: dict[str, tuple[np.ndarray, np.ndarray]],
             else:
                 row.append(float(sc[p] - sc[0]) if p is not None else float(sc[min(len(sc), DEPTH) - 1] - sc[0]))
         rows.append(row)
-    width = (1 if docs is not None else 0) + 1 + 2 * len(lists)
-    return cands, np.asarray(rows, dtype=np.float64).reshape(len(cands), width)
+    return cands, np.asarray(rows, dtype=np.float64).reshape(len(cands), 1 + 2 * len(lists))
 
 
 def fold_index(index: "Index", pairs: Sequence[tuple[str, int]], vectors: dict[str, np.ndarray] | None) -> "Index":
@@ -183,7 +163,7 @@ def fit(index: "Index", *, folds: int = FOLDS, seed: int = 0) -> Fusion | None:
             v = vectors.get(q) if vectors else None
             lists = fold.fusion_lists(q, mode, vector=v)
             names = list(lists)
-            cands, X = features(fold, lists, v)
+            cands, X = features(fold, lists)
             y = np.array([c in gold[q] for c in cands], dtype=np.float64)
             base = [i for i, _, _ in rrf({n: ids[:DEPTH] for n, (ids, _) in lists.items()}, k=RRF_K)]
             rows.append((f, cands, X, y, base, gold[q]))
@@ -203,5 +183,5 @@ def fit(index: "Index", *, folds: int = FOLDS, seed: int = 0) -> Fusion | None:
     w = _logistic(np.vstack([r[2] for r in rows]), np.concatenate([r[3] for r in rows]))
     cv = {"questions": len(questions), "folds": folds, "rrf": _summary(fused_ranks),
           "learned": _summary(model_ranks),
-          "features": feature_names(names, DOCUMENTS and vectors is not None and index.embeddings is not None)}
+          "features": feature_names(names)}
     return Fusion(mode, names, [round(float(x), 6) for x in w], cv)

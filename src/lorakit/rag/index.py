@@ -305,23 +305,29 @@ class Index:
         training questions, `lorakit.rag.fusion`; opt-in: it wins the cross-validation on the training questions
         and the bundled short set, and loses on the colloquial set over both folders, see the README), or None (rrf).
         """
-        if fusion not in (None, "rrf", "learned"):
-            raise LorakitError(f"unknown fusion '{fusion}'", field="fusion", hint="Use rrf or learned")
-        use = learned and self.has_learned
-        fit = self.fusion if use and self.fusion is not None and self.fusion.mode == mode else None
-        if fusion == "learned" and fit is None:
-            raise LorakitError(f"this index has no learned fusion for mode '{mode}'", file=self.path, field="fusion",
-                               hint="Build it with lorakit rag index … --learn TRAIN.jsonl, or use --fusion rrf")
-        vector = embed_query(query) if mode in ("dense", "hybrid") else None
-        lists = self.fusion_lists(query, mode, learned=learned, vector=vector)
-        if fusion == "learned" and list(lists) == fit.lists:
-            return fit.order(self, lists, vector)
+        fit = self.fusion_for(mode, learned, fusion)
+        lists = self.fusion_lists(query, mode, learned=learned)
+        if fit is not None:
+            return fit.order(self, lists)
         if len(lists) == 1:  # one list: its own scores and order, nothing to fuse
             ((name, (ids, scores)),) = lists.items()
             return [(int(i), float(sc), {name: r + 1}) for r, (i, sc) in enumerate(zip(ids, scores))]
         w = LEARNED_WEIGHT if learned_weight is None else learned_weight
         return rrf({n: ids[:depth] for n, (ids, _) in lists.items()}, k=RRF_K if rrf_k is None else rrf_k,
                    weights={n: w for n in lists if n.endswith("+learned")})
+
+    def fusion_for(self, mode: str, learned: bool, fusion: str | None) -> "Fusion | None":
+        """The learned fusion to rank with (None: RRF); refuses an unknown fusion, or ``learned`` where the index
+        has none fit for ``mode`` (with its learned lists on)."""
+        if fusion not in (None, "rrf", "learned"):
+            raise LorakitError(f"unknown fusion '{fusion}'", field="fusion", hint="Use rrf or learned")
+        if fusion != "learned":
+            return None
+        fit = self.fusion if learned and self.has_learned else None
+        if fit is None or fit.mode != mode:
+            raise LorakitError(f"this index has no learned fusion for mode '{mode}'", file=self.path, field="fusion",
+                               hint="Build it with lorakit rag index … --learn TRAIN.jsonl, or use --fusion rrf")
+        return fit
 
     def fusion_lists(self, query: str, mode: str, *, learned: bool = True,
                      vector: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -109,9 +109,11 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
     questions = [r.prompt for r in records]
     rankings = retriever.rankings(questions) if questions else []
     sources = [source_chunks(r.source, index.chunks)[0] for r in records]
+    def rank_in_top_k(ranked, ids) -> int | None:
+        return next((p for p, (i, _, _) in enumerate(ranked[:k]) if i in ids), None)
+
     # Where retrieval puts a source it finds within the top k: the ranks a missed source is placed at.
-    found = [p for ids, ranked in zip(sources, rankings) if ids
-             for p in [next((p for p, (i, _, _) in enumerate(ranked[:k]) if i in ids), None)] if p is not None]
+    found = [p for ids, ranked in zip(sources, rankings) if ids for p in [rank_in_top_k(ranked, ids)] if p is not None]
     for r, ranked, ids in zip(records, rankings, sources):
         base = {"messages": r.prompt_messages() + [{"role": "assistant", "content": r.answer}]}
         if r.source:
@@ -135,7 +137,7 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
                 if show_gold:
                     picked.insert(rng.randrange(len(picked) + 1), gold)
             else:
-                at = next((p for p, (i, _, _) in enumerate(ranked[:k]) if i in ids), None)
+                at = rank_in_top_k(ranked, ids)
                 picked = others[:k - 1 if show_gold else k]
                 if show_gold:
                     picked.insert(at if at is not None else (rng.choice(found) if found else rng.randrange(k)), gold)

@@ -38,14 +38,9 @@ class Recipe:
         if self.rerank < 0:
             raise LorakitError(f"rerank must be 0 (off) or the number of candidates (got {self.rerank})",
                                field="rerank")
-        if self.fusion not in (None, "rrf", "learned"):
-            raise LorakitError(f"unknown fusion '{self.fusion}'", field="fusion", hint="Use rrf or learned")
         mode = index.check_mode(self.mode)
         learned = self.learned and index.has_learned
-        fit = index.fusion if learned and index.fusion is not None and index.fusion.mode == mode else None
-        if self.fusion == "learned" and fit is None:
-            raise LorakitError(f"this index has no learned fusion for mode '{mode}'", file=index.path, field="fusion",
-                               hint="Build it with lorakit rag index … --learn TRAIN.jsonl, or use --fusion rrf")
+        index.fusion_for(mode, learned, self.fusion)  # refuses an unknown or missing fusion now, not per query
         return replace(self, mode=mode, learned=learned, fusion=self.fusion if learned else None)
 
     def label(self) -> str:
