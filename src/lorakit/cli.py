@@ -698,17 +698,22 @@ def rag_raft(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
                                                                     "gives them; random: the source at a random "
                                                                     "position among sampled distractors."),
              copies: int = typer.Option(1, "--copies", help="RAFT records per training record, each its own draw."),
+             judge: int = typer.Option(0, "--judge", help="Also teach the adapter to rerank: per question, its "
+                                                          "source article judged relevant and N hard negatives "
+                                                          "not (0: off); then rerank with --rerank and the adapter."),
              seed: int = typer.Option(0)):
     """Write retrieval-augmented fine-tuning records: question + passages (source among distractors, or not) → answer."""
     from lorakit.rag.index import load_index
     from lorakit.rag.raft import build_raft
     st = build_raft(load_index(index_dir), data, out, k=k, p_gold=p_gold, max_chars=max_chars, keep_plain=plain,
-                    plain_share=plain_share, copies=copies, order=order, seed=seed)
+                    plain_share=plain_share, copies=copies, order=order, judge=judge, seed=seed)
     console.print(f"[green]wrote[/] {out}: {st.raft} RAFT records ({st.with_gold} with the source article among "
                   f"{k} passages, {st.without_gold} with distractors only, answered 'not in the passages') + "
                   f"{st.plain} plain question-only records; {st.cited_added} answers got their citation added, "
                   f"{len(st.unfaithful)} left out of RAFT for figures their article does not state, "
-                  f"{st.no_source} without an indexed source article", highlight=False)
+                  f"{st.no_source} without an indexed source article"
+                  + (f"; {st.judge} relevance judgements (1 relevant + {judge} not, per question)" if st.judge else ""),
+                  highlight=False)
 
 
 @rag_app.command("eval")
@@ -758,7 +763,8 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
     console.print(rc.retrieval.table())
     hit, known = rc.shown_share()
     if known:
-        console.print(f"source article among the {k} passages shown: {hit} of {known} questions")
+        console.print(f"source article among the {k} passages shown: {hit} of {known} questions"
+                      + "".join(f"; to {n} (its own reranking): {rc.shown_share(n)[0]}" for n in rc.by_system))
     console.print(rc.table())
     console.print(f"report: {out / 'rag.md'} and {out / 'eval.html'}")
 

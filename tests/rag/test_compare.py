@@ -107,3 +107,26 @@ def test_recall_without_sources_is_not_measured(bm25_index, tmp_path):
     ret = retrieval_recall(bm25_index, read_records(f))
     assert ret.matched == 0 and ret.total == 1 and "no source.document" in ret.unmatched[0]
     assert "not measured" in ret.table().title
+
+
+def test_adapters_rerank_as_the_answering_model(bm25_index, tiny_model, tiny_adapter, tmp_path):
+    """With an LM lever in the recipe each adapter reranks with its own weights (as `rag ask` does): its own
+    passages, its own retrieval row, its own shown-share; base + RAG keeps the base's."""
+    from lorakit.rag.retrieve import Recipe
+    out = tmp_path / "rag-eval"
+    rc = rag_compare(bm25_index, demo_eval(), model=str(tiny_model), adapters=[tiny_adapter], out_dir=out, k=2,
+                     max_chars=80, max_new_tokens=4, batch_size=4, limit=3, recipe=Recipe(mode="bm25", rerank=4))
+    label = next(m for m in rc.retrieval.modes if m.endswith(" by tiny-ft"))
+    assert label.startswith("bm25") and "rerank@4" in label
+    passages, seen = rc.by_system["tiny-ft+rag"]
+    assert len(passages) == 3 and all(len(h) == 2 for h in passages) and len(seen) == 3
+    own = rc.comparison.systems[3]
+    assert own.name == "tiny-ft+rag"
+    assert [p["citation_shown"] is None for p in own.per_example] == [not t for t in seen]
+    # the adapter's passages come from its own top 4, reranked
+    row = json.loads((out / "retrieved.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert set(row["shown_by"]) == {"tiny-ft+rag"} and len(row["shown_by"]["tiny-ft+rag"]) == 2
+    assert label in row["ranks"]
+    report = json.loads((out / "rag.json").read_text(encoding="utf-8"))
+    assert "shown to tiny-ft+rag" in report["source_article_shown"]
+    assert "passages shown to tiny-ft+rag" in (out / "rag.md").read_text(encoding="utf-8")

@@ -122,3 +122,19 @@ def test_retrieval_order_shows_the_passages_as_rag_ask_ranks_them(bm25_index):
     for rec, order in zip(recs[:4], ranked[:4]):
         gold = f"《{LAW}》{rec.source['article']}"
         assert by_q[rec.prompt]["raft"]["passages"] == [label[i] for i, _, _ in order if label[i] != gold][:3]
+
+
+def test_judge_adds_relevance_judgements_to_the_mix(bm25_index):
+    import pytest
+
+    from lorakit.errors import LorakitError
+    rows, st = raft_records(bm25_index, _records(10), k=3, seed=1)
+    judged, st2 = raft_records(bm25_index, _records(10), k=3, seed=1, judge=3)
+    assert st.judge == 0 and st2.judge == 10 * 4 and len(judged) == len(rows) + 40
+    marks = [r["judge"]["relevant"] for r in judged if "judge" in r]
+    assert marks.count(True) == 10 and marks.count(False) == 30
+    # the RAFT and plain records are the same draws with or without judgements
+    strip = lambda rs: sorted(json.dumps(r, ensure_ascii=False) for r in rs if "judge" not in r)  # noqa: E731
+    assert strip(judged) == strip(rows)
+    with pytest.raises(LorakitError, match="judge"):
+        raft_records(bm25_index, _records(2), judge=-1)

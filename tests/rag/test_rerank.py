@@ -113,3 +113,38 @@ def test_real_model_answers_the_yes_no_prompt_and_ranks_without_ties(default_mod
     assert np.isfinite(s).all() and len(set(np.round(s, 5).tolist())) == len(cands)
     order = rerank(bm25_index, DRUNK, cands, rr)
     assert sorted(order) == sorted(cands) and order[0] == cands[int(np.argmax(s))]
+
+
+def test_judge_records_teach_the_layout_the_reranker_reads(tiny_lm, bm25_index):
+    """Training judgements: per question its source article answered 是 and N hard negatives 否, in exactly the
+    prompt `LMReranker` scores (rendered with the generation prompt, the judgement is the next token)."""
+    from lorakit.data.record import Conversation, Turn
+    from lorakit.rag.ingest import source_chunks
+    from lorakit.rag.rerank import judge_records
+    from lorakit.rag.retrieve import Recipe, Retriever
+    model, tok = tiny_lm
+    recs = [Conversation([Turn("user", DRUNK), Turn("assistant", "暂扣驾驶证六个月。")],
+                         source={"document": LAW, "article": "第九十一条"}),
+            Conversation([Turn("user", "What does the law say about driving after 饮酒, first offence?"),
+                          Turn("assistant", "No.")],
+                         source={"document": LAW, "article": "第二十二条"}),
+            Conversation([Turn("user", "问题没有出处"), Turn("assistant", "……")])]
+    ranked = Retriever(bm25_index, Recipe(mode="bm25", learned=False)).rankings([r.prompt for r in recs])
+    rows = judge_records(bm25_index, recs, ranked, negatives=4, hard=2, seed=3)
+    assert len(rows) == 2 * 5  # 1 relevant + 4 not per question with an indexed source; none for the third
+    rr = LMReranker(model, tok, FP32)
+    gold = source_chunks(recs[0].source, bm25_index.chunks)[0][0]
+    zh = [r for r in rows if r["messages"][1]["content"].startswith("用户问题：" + DRUNK)]
+    assert [r["messages"][-1]["content"] for r in zh].count("是") == 1 and len(zh) == 5
+    yes = next(r for r in zh if r["judge"]["relevant"])
+    assert yes["messages"][:-1] == rr.messages(DRUNK, rr.passage(bm25_index.chunks[gold]))
+    rendered = tok.apply_chat_template(yes["messages"][:-1], add_generation_prompt=True, tokenize=False)
+    assert rendered == rr.prompt(DRUNK, rr.passage(bm25_index.chunks[gold]))
+    # the hard negatives are the first stage's best non-source articles, in its order
+    others = [i for i, _, _ in ranked[0] if i != gold]
+    labels = [r["judge"]["passage"] for r in zh if not r["judge"]["relevant"]]
+    first_two = [f"《{bm25_index.chunks[i].document}》{bm25_index.chunks[i].article}" for i in others[:2]]
+    assert labels[:2] == first_two
+    en = [r for r in rows if r["messages"][1]["content"].startswith("User question")]
+    assert sorted(r["messages"][-1]["content"] for r in en) == ["no"] * 4 + ["yes"]
+    assert judge_records(bm25_index, recs, ranked, negatives=0) == []

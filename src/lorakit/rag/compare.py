@@ -150,12 +150,8 @@ def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
             t0 = time.perf_counter()
             orders = retriever.rankings(asked) if asked else []
             seconds = (time.perf_counter() - t0) / max(len(asked), 1)
-        ranks = [next((p + 1 for p, (i, _, _) in enumerate(order) if i in want), None)
-                 for order, want in zip(orders, wanted)]
-        ranks_of[label] = ranks
-        n = max(len(asked), 1)
-        res.modes[label] = {**{f"recall@{k}": sum(1 for x in ranks if x and x <= k) / n for k in ks},
-                            "mrr": sum(1 / x for x in ranks if x) / n, "seconds": seconds}
+        ranks_of[label] = ranks = _target_ranks(orders, wanted)
+        res.modes[label] = _recall_row(ranks, ks, seconds)
     it = iter(range(len(asked)))
     for r, want in zip(records, targets):
         if not want:
@@ -167,6 +163,30 @@ def retrieval_recall(index: Index, records: Sequence, *, ks: Sequence[int] = KS,
         res.per_record.append({"question": r.prompt, "target": f"《{c.document}》{c.article}",
                                "ranks": {label: ranks[n] for label, ranks in ranks_of.items()}})
     return res
+
+
+def _target_ranks(orders: Sequence, wanted: Sequence[set]) -> list[int | None]:
+    """1-based rank of the first target chunk in each ranking (None: not in it)."""
+    return [next((p + 1 for p, (i, _, _) in enumerate(order) if i in want), None) for order, want in zip(orders, wanted)]
+
+
+def _recall_row(ranks: Sequence[int | None], ks: Sequence[int], seconds: float) -> dict[str, float]:
+    n = max(len(ranks), 1)
+    return {**{f"recall@{k}": sum(1 for x in ranks if x and x <= k) / n for k in ks},
+            "mrr": sum(1 / x for x in ranks if x) / n, "seconds": seconds}
+
+
+def add_ranking(ret: Retrieval, index: Index, records: Sequence, label: str, rankings: Sequence,
+                seconds: float) -> None:
+    """One more row of ``ret``: rankings of every record made elsewhere (an adapter reranking as the
+    answering model), measured like the recipes of `retrieval_recall`."""
+    targets = [set(source_target(r.source, index)[0]) for r in records]
+    ranks = _target_ranks([o for o, t in zip(rankings, targets) if t], [t for t in targets if t])
+    ret.modes[label] = _recall_row(ranks, ret.ks, seconds / max(len(records), 1))
+    it = iter(ranks)
+    for rec in ret.per_record:
+        if rec.get("target") is not None:
+            rec["ranks"][label] = next(it)
 
 
 # ============================================================================ citations
@@ -218,9 +238,12 @@ class RagComparison:
     mode: str
     k: int
     target_shown: list[bool | None] = field(default_factory=list)  # per question: was its source article shown?
+    # +rag systems whose own model reranked / rewrote: name → (passages shown, source shown?) per question
+    by_system: dict[str, tuple[list, list]] = field(default_factory=dict)
 
-    def shown_share(self) -> tuple[int, int]:
-        known = [t for t in self.target_shown if t is not None]
+    def shown_share(self, system: str | None = None) -> tuple[int, int]:
+        shown = self.by_system[system][1] if system in self.by_system else self.target_shown
+        known = [t for t in shown if t is not None]
         return sum(known), len(known)
 
     def table(self, title: str = "base / RAG / fine-tuned / fine-tuned + RAG") -> Table:
@@ -286,16 +309,33 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
         retrieval = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size, known=known)
     models = AdapterSet(base, name_adapters(adapters, reserved=("base", "base+rag")))
     named = models.names
+    # With LM levers in the recipe, each adapter rewrites / reranks as the answering model (as `rag ask` does):
+    # its own passages, and its own row in the retrieval table.
+    hits_of = {None: hits}
+    if recipe.needs_model:
+        for name in named:
+            active, ctx = models.use(name)
+            with ctx, console.status(f"retrieving with {name} as the answering model…"):
+                t0 = time.perf_counter()
+                ranked_by = Retriever(index, recipe, (active, tokenizer, precision), batch_size=batch_size).rankings(
+                    [r.prompt for r in records])
+                add_ranking(retrieval, index, records, f"{recipe.label()} by {name}", ranked_by,
+                            time.perf_counter() - t0)
+            hits_of[name] = [[Hit(i, index.chunks[i], sc, p + 1, rk) for p, (i, sc, rk) in enumerate(o[:k])]
+                             for o in ranked_by]
 
     budget = context_budget(base, max_new_tokens)
     plain = [r.prompt_messages() for r in records]
-    rag, shown, target_shown = [], [], []
-    for r, h in zip(records, hits):
-        msgs, used = fit_messages(tokenizer, r.prompt, h, budget=budget, max_chars=max_chars, system=r.system)
-        rag.append(msgs)
-        shown.append(used)
-        want = set(source_target(r.source, index)[0])
-        target_shown.append(bool(want & {x.id for x in used}) if want else None)
+    shown_of: dict = {}  # adapter name (None: base) → (rag prompts, passages used, source shown?) per question
+    for name, system_hits in hits_of.items():
+        rag, shown, target_shown = [], [], []
+        for r, h in zip(records, system_hits):
+            msgs, used = fit_messages(tokenizer, r.prompt, h, budget=budget, max_chars=max_chars, system=r.system)
+            rag.append(msgs)
+            shown.append(used)
+            want = set(source_target(r.source, index)[0])
+            target_shown.append(bool(want & {x.id for x in used}) if want else None)
+        shown_of[name] = (rag, shown, target_shown)
     runs = [("base", None, False), ("base+rag", None, True)]
     for name in named:
         runs += [(name, name, False), (f"{name}+rag", name, True)]
@@ -313,6 +353,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
         for name, adapter, use_rag in runs:
             task = prog.add_task(f"generating: {name}", total=len(records))
             active, ctx = models.use(adapter)
+            rag, shown, target_shown = shown_of.get(adapter, shown_of[None])
             prompts = rag if use_rag else plain
             starts = [answer_starts(r.prompt, used) for r, used in zip(records, shown)] if use_rag and cite_shown \
                 else None
@@ -344,7 +385,9 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
             summary = {m: M.mean(p[m] for p in per) for m in RAG_METRICS if m not in ("loss", "perplexity")}
             summary.update(loss=loss, perplexity=perplexity(loss), seconds=round(seconds, 1), rag=use_rag)
             result.systems.append(SystemResult(name, answers, per, summary, seconds))
-    out = RagComparison(result, retrieval, shown, mode, k, target_shown)
+    rag, shown, target_shown = shown_of[None]
+    out = RagComparison(result, retrieval, shown, mode, k, target_shown,
+                        by_system={f"{n}+rag": (v[1], v[2]) for n, v in shown_of.items() if n is not None})
     if out_dir:
         write_rag_reports(out, Path(out_dir))
     return out
@@ -392,6 +435,9 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
     if known:
         lines += ["", f"The source article was among the {rc.k} passages shown for {hit} of {known} questions: "
                   "the ceiling of citation_exact for the +rag systems."]
+        for name in rc.by_system:
+            h, n = rc.shown_share(name)
+            lines.append(f"For {name}, which reranked with its own model: {h} of {n}.")
     lines += ["", "## Answers", "", "| system | " + " | ".join(RAG_METRICS) + " | seconds |",
               "|---" * (len(RAG_METRICS) + 2) + "|"]
     for s in cmp.systems:
@@ -406,6 +452,9 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
         shown = ", ".join(("**" + h.label + "**") if h.label == target else h.label for h in rc.hits[i])
         lines += [f"### {i + 1}. {q}", "", f"- **reference** ({target or 'source unknown'}): {cmp.references[i]}",
                   f"- **passages shown**: {shown or 'none'}"]
+        for name, (passages, _) in rc.by_system.items():
+            own = ", ".join(("**" + h.label + "**") if h.label == target else h.label for h in passages[i])
+            lines.append(f"- **passages shown to {name}**: {own or 'none'}")
         for s in cmp.systems:
             bad = s.per_example[i].get("unsupported") or []
             flag = f" — **unsupported figures: {', '.join(bad)}**" if bad else ""
@@ -414,6 +463,11 @@ def to_markdown(rc: RagComparison, examples: int = 10) -> str:
     if len(cmp.questions) > examples:
         lines.append(f"… {len(cmp.questions) - examples} more in eval.html, answers.jsonl and retrieved.jsonl")
     return "\n".join(lines) + "\n"
+
+
+def _shown_json(hits) -> list[dict]:
+    return [{"document": h.chunk.document, "article": h.chunk.article, "score": round(h.score, 4), "ranks": h.ranks}
+            for h in hits]
 
 
 def write_rag_reports(rc: RagComparison, out_dir: Path) -> None:
@@ -426,11 +480,13 @@ def write_rag_reports(rc: RagComparison, out_dir: Path) -> None:
     cmp = rc.comparison
     hit, known = rc.shown_share()
     write_json(out_dir / "rag.json", {"meta": cmp.meta, "retrieval": rc.retrieval.as_dict(),
-                                      "source_article_shown": {"questions": known, "shown": hit},
+                                      "source_article_shown": {"questions": known, "shown": hit,
+                                                               **{f"shown to {n}": rc.shown_share(n)[0]
+                                                                  for n in rc.by_system}},
                                       "systems": {s.name: s.summary for s in cmp.systems}})
     write_jsonl(out_dir / "retrieved.jsonl", (
         {**(rc.retrieval.per_record[i] if i < len(rc.retrieval.per_record) else {"question": q}),
-         "shown": [{"document": h.chunk.document, "article": h.chunk.article, "score": round(h.score, 4),
-                    "ranks": h.ranks} for h in rc.hits[i]]}
+         "shown": _shown_json(rc.hits[i]),
+         **({"shown_by": {n: _shown_json(v[0][i]) for n, v in rc.by_system.items()}} if rc.by_system else {})}
         for i, q in enumerate(cmp.questions)))
     write_text(out_dir / "rag.md", to_markdown(rc))

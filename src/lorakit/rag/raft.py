@@ -10,7 +10,10 @@ laid out exactly as `lorakit rag ask` shows them (`lorakit.rag.answer.rag_messag
   (`lorakit.rag.figures`; a record whose answer has figures its article does not state is not used for RAFT);
 * otherwise only distractors are shown, and the answer says the passages do not answer the question instead
   of inventing one (what the model should do when retrieval misses);
-* the plain question-only records stay in the mix, so the model still answers without retrieval.
+* the plain question-only records stay in the mix, so the model still answers without retrieval;
+* with ``judge`` > 0, relevance judgements join the mix (`lorakit.rag.rerank.judge_records`: the question and
+  one article, answered 是 for the source and 否 for ``judge`` hard negatives), so the adapter can rerank what
+  retrieval finds (``--rerank N`` with the adapter as the answering model).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class RaftStats:
     no_source: int = 0  # records whose source is not an indexed article (kept plain only)
     cited_added: int = 0  # answers that did not cite their article and got a citation prefix
     unfaithful: list[str] = field(default_factory=list)  # "question — figures": not used for RAFT
+    judge: int = 0  # relevance-judgement records (question + one article → 是/否), see rerank.judge_records
 
     def as_dict(self) -> dict:
         return {k: (v if not isinstance(v, list) else len(v)) for k, v in self.__dict__.items()}
@@ -66,7 +70,7 @@ ORDERS = ("retrieval", "random")
 def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float = 0.8, seed: int = 0,
                  max_chars: int = 600, distractor_pool: int = 8, keep_plain: bool = True,
                  plain_share: float = 1.0, copies: int = 1, order: str = "retrieval",
-                 recipe=None) -> tuple[list[dict], RaftStats]:
+                 judge: int = 0, recipe=None) -> tuple[list[dict], RaftStats]:
     """RAFT records (messages format, with ``source`` and a ``raft`` note) for ``records`` over ``index``.
 
     Passages come from ``recipe`` (default: the index's default mode without learned data, so a training
@@ -84,6 +88,7 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
 
     ``copies``: RAFT records per training record, each its own draw (random order: distractors and position).
     ``plain_share``: the share of plain question-only records kept (a seeded draw), when ``keep_plain``.
+    ``judge``: relevance-judgement records per question with an indexed source: 1 yes + ``judge`` no (0: none).
     """
     from lorakit.rag.answer import no_answer, rag_messages
     from lorakit.rag.figures import unsupported_figures
@@ -96,6 +101,9 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
         raise LorakitError(f"unknown passage order '{order}'", field="order", hint="Use retrieval or random")
     if copies < 1:
         raise LorakitError(f"copies must be at least 1 (got {copies})", field="copies")
+    if judge < 0:
+        raise LorakitError(f"judge must be 0 (none) or the number of negatives per question (got {judge})",
+                           field="judge")
     if not 0.0 <= p_gold <= 1.0:
         raise LorakitError(f"the share of records with the source article shown must be within 0..1 (got {p_gold})",
                            field="p_gold")
@@ -153,6 +161,11 @@ def raft_records(index: Index, records: Sequence, *, k: int = 3, p_gold: float =
             out.append({"messages": msgs + [{"role": "assistant", "content": answer}], "source": r.source,
                         "raft": {"gold_shown": show_gold, "passages": [h.label for h in hits]}})
             stats.raft += 1
+    if judge:
+        from lorakit.rag.rerank import judge_records
+        judged = judge_records(index, records, rankings, negatives=judge, seed=seed + 2)
+        stats.judge = len(judged)
+        out += judged
     rng.shuffle(out)
     return out, stats
 

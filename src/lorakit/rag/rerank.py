@@ -39,6 +39,58 @@ EN_PROMPT = ("User question: {query}\n\nCandidate article:\n{passage}\n\n"
              "Is this article needed to answer the question? Answer only yes or no.")
 
 
+def judge_passage(chunk: "Chunk", max_chars: int = 300) -> str:
+    """What the judge is shown of a chunk: its document title, then its text (label included) cut to
+    ``max_chars`` characters, so 20 candidates cost about 20 × 250 tokens rather than whole long articles."""
+    text = chunk.text
+    if max_chars and len(text) > max_chars:
+        text = text[:max_chars].rstrip() + "……"
+    return f"{chunk.document}\n{text}"
+
+
+def judge_messages(query: str, passage: str, *, zh=(ZH_PROMPT, ZH_SYSTEM), en=(EN_PROMPT, EN_SYSTEM)) -> list[dict]:
+    """The yes/no question as chat messages: one layout for scoring (`LMReranker`) and for training the judge
+    (`judge_records`)."""
+    from lorakit.rag.answer import is_chinese
+    template, system = zh if is_chinese(query) else en
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": template.format(query=query.strip(), passage=passage)})
+    return msgs
+
+
+def judge_records(index: "Index", records: Sequence, rankings: Sequence, *, negatives: int = 5, hard: int = 3,
+                  seed: int = 0, max_chars: int = 300) -> list[dict]:
+    """Training records that teach the answering model to be its own reranker (`LMReranker` reads its answer).
+
+    For each record whose ``source`` names an indexed article: the question with that article answered 是
+    (yes), and with ``negatives`` other articles answered 否 (no): the ``hard`` articles the first stage
+    ranks highest that are not the source (the ones the judge must tell apart at answer time), then the rest
+    drawn from ranks ``hard``..20. ``rankings``: the first stage's (chunk id, score, ranks) lists per record,
+    computed without what the index learned from these same records, so the negatives are the ones a new
+    question meets. The base 0.5B model judges at chance (module docstring); these records are what lets a
+    fine-tuned adapter rerank."""
+    import random
+
+    from lorakit.rag.answer import is_chinese
+    from lorakit.rag.ingest import source_chunks
+    rng = random.Random(seed)
+    out: list[dict] = []
+    for r, ranked in zip(records, rankings):
+        gold = source_chunks(r.source, index.chunks)[0]
+        if not gold or negatives < 1:
+            continue
+        others = [i for i, _, _ in ranked if i not in gold]
+        pool = others[hard:20]
+        negs = others[:min(hard, negatives)] + rng.sample(pool, min(max(negatives - hard, 0), len(pool)))
+        yes, no = ("是", "否") if is_chinese(r.prompt) else ("yes", "no")
+        for cid, answer in [(gold[0], yes)] + [(n, no) for n in negs]:
+            msgs = judge_messages(r.prompt, judge_passage(index.chunks[cid], max_chars))
+            out.append({"messages": msgs + [{"role": "assistant", "content": answer}], "source": r.source,
+                        "judge": {"passage": f"《{index.chunks[cid].document}》{index.chunks[cid].article}",
+                                  "relevant": answer == yes}})
+    return out
+
+
 def _first_ids(tokenizer, words: Sequence[str]) -> list[int]:
     """Token id of the first token of each word (the token the model must emit first), without repeats."""
     out: list[int] = []
@@ -68,21 +120,15 @@ class LMReranker:
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     def passage(self, chunk: "Chunk") -> str:
-        """What the model is shown of a chunk: its document title, then its text (label included) cut to
-        ``max_chars`` characters, so 20 candidates cost about 20 × 250 tokens rather than whole long articles."""
-        text = chunk.text
-        if self.max_chars and len(text) > self.max_chars:
-            text = text[:self.max_chars].rstrip() + "……"
-        return f"{chunk.document}\n{text}"
+        return judge_passage(chunk, self.max_chars)
+
+    def messages(self, query: str, passage: str) -> list[dict]:
+        return judge_messages(query, passage, zh=(self.zh_prompt, self.zh_system), en=(self.en_prompt, self.en_system))
 
     def prompt(self, query: str, passage: str) -> str:
         """The chat-template text whose next token is the yes/no answer."""
-        from lorakit.rag.answer import is_chinese
-        zh = is_chinese(query)
-        template, system = (self.zh_prompt, self.zh_system) if zh else (self.en_prompt, self.en_system)
-        msgs = [{"role": "system", "content": system}] if system else []
-        msgs.append({"role": "user", "content": template.format(query=query.strip(), passage=passage)})
-        return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(self.messages(query, passage), add_generation_prompt=True,
+                                                  tokenize=False)
 
     def scores(self, query: str, texts: Sequence[str]) -> np.ndarray:
         """Relevance of each passage to the query: logit('是') − logit('否') (Chinese query) or 'yes'/'no'

@@ -109,6 +109,8 @@ class Systems:
         if index is not None:
             from lorakit.rag.retrieve import Recipe, Retriever
             recipe = (recipe or Recipe()).resolved(index)
+            # The LoRA layers sit inside the base modules and `ground` runs under the system's `activate`, so the
+            # LM levers (rewrite, rerank) run on the answering system's weights, as in `rag ask` and `rag eval`.
             lm = (self.models.base, self.tokenizer, self.precision) if recipe.needs_model else None
             self.retriever = Retriever(index, recipe, lm)
         self.names = plain + ([f"{n}+rag" for n in plain] if index is not None else [])
