@@ -30,7 +30,7 @@ def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
     """Quantise the f16 (or f32) GGUF ``src`` to ``dtype`` with llama.cpp's quantiser; returns who wrote it.
 
     llama.cpp keeps 1-D tensors in F32, chooses higher-precision types for the tensors that need them (the output
-    head, half the attn_v/ffn_down of a *_M type) and falls back to a block format where a row is no multiple of
+    head, for q8_0 with the token embedding in F16 as lorakit's writer does: `HEAD_F16`; half the attn_v/ffn_down of a *_M type) and falls back to a block format where a row is no multiple of
     the 256 values a k-quant block holds (the 0.5B default's 896-wide rows: Q4_K becomes Q5_0, Q6_K Q8_0)."""
     import ctypes
 
@@ -46,6 +46,9 @@ def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + QUANT_TYPES[dtype])
     params.nthread = threads()
+    from lorakit.models.gguf_writer import HEAD_F16
+    if dtype in HEAD_F16:  # the same tensor types as lorakit's own writer: embedding and head F16
+        params.output_tensor_type = params.token_embedding_type = llama_cpp.GGML_TYPE_F16
     out = Path(out)
     with atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):  # it logs every tensor on stderr
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
@@ -59,6 +62,43 @@ def threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def has_amx() -> bool:
+    """Whether this CPU has Intel AMX (Sapphire Rapids and later), read from /proc/cpuinfo's flags."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def _plain_cpu_buffers(on: bool):
+    """Load with llama.cpp's extra CPU buffer types off (``use_extra_bufts = false``) when ``on``.
+
+    On AMX CPUs llama.cpp repacks quantised weights into its AMX buffer, and the first matrix product then
+    segfaults (seen here on a 2-core AMX Xeon for every quantised type, Q8_0 and Q4_K_M alike, while F16 ran; the
+    upstream report is ggml-org/llama.cpp#20824, still open, and dspy's CI removed the AMX variant for the same
+    crash). The plain CPU kernels give the same logits. llama-cpp-python has no argument for the field, so the
+    default parameters it starts from are wrapped for the one load."""
+    import contextlib
+    if not on:
+        return contextlib.nullcontext()
+    import llama_cpp.llama as module
+
+    @contextlib.contextmanager
+    def patched():
+        original = module.llama_cpp.llama_model_default_params
+
+        def defaults():
+            params = original()
+            params.use_extra_bufts = False
+            return params
+        module.llama_cpp.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            module.llama_cpp.llama_model_default_params = original
+    return patched()
+
+
 class LlamaCpp:
     """One GGUF loaded in llama.cpp. ``logits=True`` keeps every position's logits (teacher-forced comparison)."""
 
@@ -68,8 +108,9 @@ class LlamaCpp:
         from llama_cpp import Llama
         gguf = Path(gguf)
         try:
-            self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads(), n_threads_batch=threads(),
-                             logits_all=logits, verbose=False, seed=0)
+            with _plain_cpu_buffers(has_amx()):
+                self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads(), n_threads_batch=threads(),
+                                 logits_all=logits, verbose=False, seed=0)
         except ValueError as e:  # llama-cpp-python reports every load failure as ValueError
             raise LorakitError(f"llama.cpp could not load this GGUF ({e})", file=gguf) from None
         self.path = gguf
