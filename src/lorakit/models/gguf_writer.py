@@ -11,8 +11,7 @@ The `gguf` package has no HF→GGUF converter (that lives in llama.cpp), so this
 * hyper-parameters under the ``{arch}.*`` keys, the byte-level BPE tokenizer (tokens, types, merges,
   bos/eos/pad ids, pre-tokenizer name), the chat template and the end-of-turn id (``tokenizer.ggml.eot_token_id``:
   what llama.cpp and Ollama stop on, the usual cause of a GGUF that "never stops") under ``tokenizer.*``;
-* quantised files keep 1-D tensors (norms, biases) in F32; Q8_0 keeps the token embedding and the output head
-  in F16 (``HEAD_F16``; for a tied model they are one tensor), the 4/5-bit types keep the output head in Q8_0
+* quantised files keep 1-D tensors (norms, biases) in F32 and, for the 4/5-bit types, the output head in Q8_0
   (llama.cpp's own quantiser also keeps that tensor at a higher precision); a row length that is no multiple of
   the block size falls back to F16, as llama.cpp does.
 
@@ -31,10 +30,6 @@ SUPPORTED = {"qwen2": "QWEN2", "llama": "LLAMA"}  # HF model_type → gguf.MODEL
 DTYPES = ("f32", "f16", "q8_0", "q5_0", "q4_0")
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q5_0": "MOSTLY_Q5_0",
               "q4_0": "MOSTLY_Q4_0"}  # gguf.LlamaFileType members
-# Types whose token embedding and output head stay F16 (as the "Q8_0_L" files people publish do): on the 0.5B
-# default every top-1 flip of an all-Q8_0 file sat where the two best logits were within 0.25, and the head's
-# rounding is what moves them (96.3-96.6 % top-1 agreement all-Q8_0 against 97.7 % with the head F16, +122 MB).
-HEAD_F16 = ("q8_0",)
 
 
 def tensor_type(dtype: str, name: str, shape: tuple[int, ...]):
@@ -45,8 +40,6 @@ def tensor_type(dtype: str, name: str, shape: tuple[int, ...]):
     if dtype == "f16":
         return T.F16
     qtype = T[dtype.upper()]
-    if dtype in HEAD_F16 and name in ("output.weight", "token_embd.weight"):
-        return T.F16
     if dtype != "q8_0" and name == "output.weight":
         qtype = T.Q8_0
     return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else T.F16

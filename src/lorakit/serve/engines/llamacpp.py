@@ -30,7 +30,7 @@ def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
     """Quantise the f16 (or f32) GGUF ``src`` to ``dtype`` with llama.cpp's quantiser; returns who wrote it.
 
     llama.cpp keeps 1-D tensors in F32, chooses higher-precision types for the tensors that need them (the output
-    head, for q8_0 with the token embedding in F16 as lorakit's writer does: `HEAD_F16`; half the attn_v/ffn_down of a *_M type) and falls back to a block format where a row is no multiple of
+    head, half the attn_v/ffn_down of a *_M type) and falls back to a block format where a row is no multiple of
     the 256 values a k-quant block holds (the 0.5B default's 896-wide rows: Q4_K becomes Q5_0, Q6_K Q8_0)."""
     import ctypes
 
@@ -46,9 +46,6 @@ def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + QUANT_TYPES[dtype])
     params.nthread = threads()
-    from lorakit.models.gguf_writer import HEAD_F16
-    if dtype in HEAD_F16:  # the same tensor types as lorakit's own writer: embedding and head F16
-        params.output_tensor_type = params.token_embedding_type = llama_cpp.GGML_TYPE_F16
     out = Path(out)
     with atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):  # it logs every tensor on stderr
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
