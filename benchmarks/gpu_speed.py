@@ -46,6 +46,10 @@ ABLATIONS = {
     "lk_sdpa_packed": {"padding_free": True, "fast": {"varlen": False}},
     "lk_workers2": {"fast": {"loader_workers": 2}},
     "lk_log10": {"logging_steps": 10},  # what a host sync per logged step costs
+    "lk_no_cache": {"fast": {"lora_cache": False}},  # LoRA compute copies cast at every call
+    "lk_sync_logs": {"fast": {"async_logs": False}},  # every logging step waits for the GPU
+    "lk_liger_flce": {},  # Liger's own fused linear cross-entropy (two host syncs a step, 256-row chunks at 0.5B)
+    "lk_compile": {"fast": {"compile": True}},  # torch.compile of each decoder layer (Liger kernels off)
 }
 
 
@@ -144,6 +148,9 @@ def run_hf(args, liger: bool) -> dict:
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())  # read after the loop: no host sync per step
         tokens.append(int(mask.sum()))
+        if step == 0:
+            sync()
+            t_1 = time.perf_counter()
         if step == args.warmup - 1:
             sync()
             t_w = time.perf_counter()
@@ -153,6 +160,7 @@ def run_hf(args, liger: bool) -> dict:
     n_all = sum(p.numel() for p in model.parameters())
     return {"tokens_per_s": sum(tokens[w:]) / (end - t_w), "tokens_per_s_whole": sum(tokens) / total,
             "seconds": total, "peak_gib": peak_gib(), "losses": [x.item() for x in losses], "tokens": sum(tokens),
+            "first_step_s": t_1 - t0,
             "flops_per_token": flops_per_token(model.config, n_all - n_lora,
                                                [r["input_ids"] for r in rows[:args.steps * args.batch]], n_lora)}
 
@@ -162,11 +170,14 @@ def run_lorakit(args, variant: str) -> dict:
     from rich.console import Console
 
     from lorakit.config import TrainConfig
+    from lorakit.train import fast
     from lorakit.train.recipe import train
     over = ABLATIONS[variant]
+    fast.OWN_LIGER_LOOP = variant != "lk_liger_flce"
     cfg = TrainConfig(**{"model": args.model, "data": args.records, "runs_dir": args.tmp, "name": variant,
                          "max_steps": args.steps, "batch_size": args.batch, "max_length": args.seq,
                          "save_steps": 100_000, "learning_rate": 1e-4, "warmup_ratio": 0.0,
+                         "scheduler": "constant", "weight_decay": 0.01,  # the plain loop's AdamW, for the curves
                          "lora": {"r": 16, "alpha": 32, "targets": TARGETS}, **over})
     res = train(cfg, console=Console(stderr=True, quiet=True))
     s = res.summary
@@ -183,6 +194,7 @@ def run_lorakit(args, variant: str) -> dict:
     return {"tokens_per_s": s["tokens_per_second_steady"], "tokens_per_s_whole": s["tokens_per_second"],
             "seconds": s["train_seconds"], "peak_gib": s["peak_memory_mb"] / 1024, "tokens": s["tokens_seen"],
             "losses": [r["loss"] for r in rows if "loss" in r], "fast_path": s["fast_path"],
+            "first_step_s": s.get("first_step_seconds"),
             "flops_per_token": fpt, "cuda": torch.cuda.is_available()}
 
 
@@ -196,9 +208,10 @@ def peak_gib() -> float:
 
 # ---------------------------------------------------------------------------------------------------- parity
 def parity(args) -> None:
-    """One batch, same weights, same LoRA init: loss and LoRA gradients of the stock path (PEFT + autocast + SDPA,
-    padded) against lorakit's fast path (Liger kernels, fused loss, fused LoRA, varlen attention on the packed
-    row), in one process."""
+    """Same weights, same LoRA init, same batches, torch fused AdamW: --parity-steps optimiser steps of the stock
+    path (PEFT + autocast + SDPA, padded) against lorakit's fast path (Liger kernels, the fused loss, fused LoRA with
+    its cached compute copies, varlen attention on the packed row), in one process. Step 1's LoRA gradients are
+    compared too; the loss curves show that the adapter learns (a stale compute copy leaves it flat)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -211,59 +224,82 @@ def parity(args) -> None:
     from lorakit.train.recipe import encode
     tok = load_tokenizer(args.model)
     rows = encode(read_records(args.records), tok, TrainConfig(data=args.records, max_length=args.seq)).rows
-    rows = rows[:args.batch]
+    steps = args.parity_steps
+    batches = [rows[i * args.batch:(i + 1) * args.batch] for i in range(steps)]
+    batches = [b if b else rows[:args.batch] for b in batches]
     dev = "cuda" if torch.cuda.is_available() else "cpu"
 
     def build():
         torch.manual_seed(0)
-        m = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).to(dev)
-        return m
+        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16).to(dev)
 
     def lora(m):
         torch.manual_seed(1)
-        m = get_peft_model(m, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, init_lora_weights=False))
-        for p in m.parameters():  # B≠0 so every path carries signal; small, as after some training
-            if p.requires_grad:
-                p.data.mul_(0.1)
-        return m
+        return get_peft_model(m, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS))  # PEFT's init: B = 0
 
     def grads(m):
         return torch.cat([p.grad.float().flatten() for n, p in sorted(m.named_parameters()) if p.requires_grad])
 
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.tensor([r["input_ids"] + [tok.pad_token_id] * (width - len(r["input_ids"])) for r in rows]).to(dev)
-    lab = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]).to(dev)
-    mask = (lab != -100) | (torch.arange(width, device=dev)[None] < torch.tensor(
-        [len(r["input_ids"]) for r in rows], device=dev)[:, None])
+    def padded(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.tensor([r["input_ids"] + [tok.pad_token_id] * (width - len(r["input_ids"])) for r in batch])
+        lab = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in batch])
+        mask = torch.arange(width)[None] < torch.tensor([len(r["input_ids"]) for r in batch])[:, None]
+        return ids.to(dev), lab.to(dev), mask.long().to(dev)
+
+    def train(model, loss_fn):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=args.parity_lr, fused=dev == "cuda")
+        losses, g1 = [], None
+        for i, batch in enumerate(batches):
+            loss = loss_fn(model, batch)
+            loss.backward()
+            if i == 0:
+                g1 = grads(model)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, g1
+
+    def stock_loss(model, batch):
+        ids, lab, mask = padded(batch)
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            return model(input_ids=ids, attention_mask=mask, labels=lab).loss
+
+    collate = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+    kind = "liger" if dev == "cuda" and fast.liger_available() else "torch"
+
+    def fast_loss(model, batch):
+        b = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in collate(batch).items()}
+        target = b.pop("labels")[:, 1:]
+        with torch.autocast(dev, dtype=torch.bfloat16), fast.head_emits_hidden(model) as head:
+            hidden = model(**b, use_cache=False, logits_to_keep=torch.arange(target.shape[1], device=dev)).logits
+        loss_sum, _ = fast.linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
+                                                target.reshape(-1), kind=kind)
+        return loss_sum / (target != -100).sum()
+
     stock = lora(build())
-    with torch.autocast(dev, dtype=torch.bfloat16):
-        out = stock(input_ids=ids, attention_mask=mask.long(), labels=lab)
-    out.loss.backward()
-    ref_loss, ref_g = out.loss.item(), grads(stock)
-    del stock, out
+    ref, ref_g = train(stock, stock_loss)
+    del stock
     model = build()
     if dev == "cuda" and fast.liger_available():
         fast.apply_kernels(model)
     if dev == "cuda" and fast.varlen_available():
         fast.use_varlen(model)
     model = lora(model)
-    fast.fuse_lora(model)
-    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(rows)
-    batch = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in batch.items()}
-    labels = batch.pop("labels")
-    target = labels[:, 1:]
-    with torch.autocast(dev, dtype=torch.bfloat16), fast.head_emits_hidden(model) as head:
-        hidden = model(**batch, use_cache=False, logits_to_keep=torch.arange(target.shape[1], device=dev)).logits
-    kind = "liger" if dev == "cuda" and fast.liger_available() else "torch"
-    loss_sum, _ = fast.linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, target.reshape(-1),
-                                            kind=kind)
-    loss = loss_sum / (target != -100).sum()
-    loss.backward()
-    g = grads(model)
+    fast.fuse_lora(model, cache=True)
+    got, g = train(model, fast_loss)
     cos = torch.nn.functional.cosine_similarity(g, ref_g, dim=0).item()
     rel = ((g - ref_g).norm() / ref_g.norm()).item()
-    print(f"PARITY stock loss {ref_loss:.6f}  fast loss {loss.item():.6f}  rel diff {abs(loss.item() - ref_loss) / ref_loss:.2e}"
-          f"  LoRA grad cosine {cos:.5f}  rel norm diff {rel:.3e}  ({kind} loss)")
+    worst = max(abs(a - b) / b for a, b in zip(got, ref))
+    print(f"PARITY {steps} steps, lr {args.parity_lr}, fused AdamW ({kind} loss, cached LoRA copies)")
+    print("PARITY stock  " + " ".join(f"{x:.4f}" for x in ref))
+    print("PARITY fast   " + " ".join(f"{x:.4f}" for x in got))
+    print(f"PARITY worst step rel diff {worst:.2e}; loss fell {ref[0] - ref[-1]:.3f} (stock) vs {got[0] - got[-1]:.3f}"
+          f" (fast); step-1 LoRA grad cosine {cos:.5f}, rel norm diff {rel:.3e}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"stock": ref, "fast": got, "grad_cosine": cos, "grad_rel": rel,
+                                               "worst_rel": worst, "lr": args.parity_lr, "batch": args.batch}))
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -317,6 +353,8 @@ def main() -> None:
     ap.add_argument("--data", choices=["fixed", "var"], default="fixed")
     ap.add_argument("--variants", default="hf,hf_liger,lorakit")
     ap.add_argument("--parity", action="store_true")
+    ap.add_argument("--parity-steps", type=int, default=8)
+    ap.add_argument("--parity-lr", type=float, default=1e-4)
     ap.add_argument("--profile", action="store_true", help="profile the lorakit variants (kernel table on stderr)")
     ap.add_argument("--workdir", default="/tmp/lorakit-gpu-speed")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -337,7 +375,7 @@ def main() -> None:
     from lorakit.data.formats import read_records, write_records
     from lorakit.models import load_tokenizer
     tok = load_tokenizer(args.model)
-    n = args.steps * args.batch
+    n = max(args.steps, args.parity_steps if args.parity else 0) * args.batch
     records = work / f"records-{args.data}-{args.seq}-{n}.jsonl"
     if not records.exists():
         import tempfile
@@ -357,6 +395,8 @@ def main() -> None:
                "--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)] + \
             (["--profile"] if args.profile else [])
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        if "compile" in side:
+            env.setdefault("TORCH_LOGS", "recompiles")
         shutil.rmtree(work / "runs" / f"{args.shape}-{args.data}" / side, ignore_errors=True)  # a fresh run
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -368,6 +408,9 @@ def main() -> None:
             err = proc.stderr.splitlines()
             first = next((i for i, x in enumerate(err) if x.startswith("-----")), len(err))
             print("\n".join(x for x in err[first:] if x.startswith(("PROFILE", "-")) or "  " in x))
+        recompiles = [x for x in proc.stderr.splitlines() if "ecompil" in x]
+        if recompiles:  # TORCH_LOGS=recompiles: why torch.compile compiled again
+            print("\n".join(x[:400] for x in recompiles[:8]))
         results[side] = json.loads(line[-1][7:])
         results[side]["process_s"] = time.perf_counter() - t0
         r = results[side]
@@ -382,7 +425,7 @@ def report(args, results: dict) -> None:
     print(f"\n{args.shape} shape, {args.data} rows (≤ {args.seq} tokens), batch {args.batch}, {args.steps} steps "
           f"(steady from step {args.warmup + 1})")
     head = f"{'variant':18}{'tok/s steady':>14}{'whole-run':>12}{'peak GiB':>10}{'MFU':>7}{'× hf':>7}" \
-           f"{'× liger':>9}{'mem × hf':>10}{'mean loss':>11}"
+           f"{'× liger':>9}{'mem × hf':>10}{'mean loss':>11}{'step 1 s':>10}"
     print(head)
     for name, r in results.items():
         mfu = r["tokens_per_s"] * r["flops_per_token"] / PEAK_FLOPS
@@ -391,7 +434,7 @@ def report(args, results: dict) -> None:
         mem = f"{r['peak_gib'] / base['peak_gib']:.2f}" if base else "-"
         loss = sum(r["losses"]) / len(r["losses"]) if r["losses"] else float("nan")
         print(f"{name:18}{r['tokens_per_s']:>14,.0f}{r['tokens_per_s_whole']:>12,.0f}{r['peak_gib']:>10.1f}"
-              f"{100 * mfu:>6.1f}%{x_hf:>7}{x_lg:>9}{mem:>10}{loss:>11.4f}")
+              f"{100 * mfu:>6.1f}%{x_hf:>7}{x_lg:>9}{mem:>10}{loss:>11.4f}{r.get('first_step_s') or float('nan'):>10.1f}")
     for name, r in results.items():
         print(f"  {name} losses: {' '.join(f'{x:.3f}' for x in r['losses'][:8])}")
     print("RESULTS " + json.dumps({"shape": args.shape, "data": args.data, "batch": args.batch, "steps": args.steps,

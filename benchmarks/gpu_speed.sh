@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU speed runs on one GPU machine (repo root; carried wheels in $WHEELS when offline). Usage:
-#   benchmarks/gpu_speed.sh smoke|half|7b       (see the case below; each fits in one 10-minute call)
+#   benchmarks/gpu_speed.sh smoke|fixed|var|steps|big|7b|profile   (see the case below; each fits in one 10-minute call)
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 WHEELS=${WHEELS:-.whl}
@@ -36,6 +36,16 @@ case "${1:-smoke}" in
   var)
     $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" \
        --variants hf,lorakit,lk_padded,lk_sdpa_packed ;;
+  steps)  # issue 10's pieces, each on its own, and the multi-step parity (one call)
+    $B --parity --shape 0.5b --data var --batch 4 --steps 8 --parity-steps 8 --json "$OUT/05b_parity.json"
+    $B --shape 0.5b --data fixed --batch 16 --steps 15 --json "$OUT/05b_fixed.json" \
+       --variants hf,hf_liger,lorakit,lk_no_cache,lk_sync_logs,lk_liger_flce,lk_compile ;;
+  big)  # 7B shape and variable-length rows with the final defaults
+    $B --shape 7b --data fixed --batch 4 --steps 10 --json "$OUT/7b_fixed.json" --variants hf,hf_liger,lorakit,lk_compile
+    $B --shape 0.5b --data var --batch 16 --steps 15 --json "$OUT/05b_var.json" --variants hf,lorakit,lk_padded ;;
+  7b_pieces)  # where the 7B step's time goes: one piece off at a time
+    $B --shape 7b --data fixed --batch 4 --steps 10 --json "$OUT/7b_pieces.json" \
+       --variants hf,lorakit,lk_padded,lk_no_fused_lora,lk_liger_flce,lk_no_kernels ;;
   7b)
     $B --shape 0.5b --data fixed --batch 16 --steps 15 --json "$OUT/05b_final.json" --variants hf,hf_liger,lorakit
     $B --shape 7b --data fixed --batch 4 --steps 10 --json "$OUT/7b_fixed.json" --variants hf,hf_liger,lorakit ;;

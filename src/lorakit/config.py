@@ -67,6 +67,12 @@ class FastSettings(Strict):
                                                   "(default on with CUDA and torch >= 2.10)")
     loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "
                                                                        "model trains (default 0: measured slower)")
+    lora_cache: bool | None = Field(None, description="fused LoRA keeps compute-dtype copies of A and s·B, made "
+                                                      "again after each optimiser step (default on with fused_lora)")
+    async_logs: bool | None = Field(None, description="a logging step's numbers are copied off the GPU without "
+                                                      "waiting and logged one step later (default on with one CUDA "
+                                                      "process)")
+    compile: bool | None = Field(None, description="torch.compile each decoder layer (default off: see README)")
 
 
 class TrainConfig(Strict):

@@ -191,13 +191,21 @@ class ThroughputCallback(TrainerCallback):
         self.warmup = warmup
         self.start = None  # (time, tokens) when the steady window opens
         self.steady = None  # tokens/s
+        self.begin = None
+        self.first_step = None  # seconds from train begin to the end of step 1 on the device (compile shows here)
 
     def _sync(self):
         import torch
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
 
+    def on_train_begin(self, args, state, control, **kw):
+        self.begin = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kw):
+        if self.first_step is None and self.begin is not None:
+            self._sync()
+            self.first_step = time.perf_counter() - self.begin
         if self.start is None and state.global_step >= self.warmup and state.global_step < state.max_steps:
             self._sync()
             self.start = (time.perf_counter(), self.tokens(), state.global_step)

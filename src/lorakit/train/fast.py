@@ -9,6 +9,10 @@ benchmarks/gpu_speed.py:
 - fused LoRA: one autograd function per adapted linear computes `base(x) + s·B(A(x))` in the activations' dtype.
   PEFT instead casts every activation to the fp32 adapter dtype and autocast casts it back (two large copies per
   projection, forward and backward); here only the small A and B are cast, the fp32 masters stay with the optimiser.
+  With the LoRA cache those compute copies are made once per optimiser step, not at every call (a global optimiser
+  step hook marks them stale: torch's fused AdamW updates the masters without bumping their version counters).
+- async logs (trainer.py): a logging step copies its numbers off the GPU without waiting; they are logged one step
+  later, so the host never drains the GPU's queue.
 - varlen attention: padding-free rows go through `torch.nn.attention.varlen.varlen_attn` (flash, one kernel per
   layer for the whole packed row) instead of SDPA with a dense block mask.
 """
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 VARLEN = "lorakit_varlen"  # the attention implementation name registered with transformers
+OWN_LIGER_LOOP = True  # False: Liger's own fused linear cross-entropy function (benchmarks/gpu_speed.py compares)
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,17 @@ class FastPath:
     fused_lora: bool
     varlen: bool
     loader_workers: int = 0
+    lora_cache: bool = False
+    async_logs: bool = False
+    compile: bool = False
 
     def describe(self) -> str:
         on = [f"fused loss ({self.fused_loss})" if self.fused_loss else "",
-              "Liger RMSNorm/RoPE/SwiGLU" if self.kernels else "", "fused LoRA" if self.fused_lora else "",
+              "Liger RMSNorm/RoPE/SwiGLU" if self.kernels else "",
+              ("fused LoRA" + (" (cached copies)" if self.lora_cache else "")) if self.fused_lora else "",
               "varlen attention" if self.varlen else "",
-              f"{self.loader_workers} loader processes" if self.loader_workers else ""]
+              f"{self.loader_workers} loader processes" if self.loader_workers else "",
+              "async logs" if self.async_logs else "", "compiled layers" if self.compile else ""]
         return ", ".join(x for x in on if x) or "off"
 
     def as_dict(self) -> dict:
@@ -60,14 +70,19 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
     Automatic choices, on CUDA only (the CPU path stays as measured against LLaMA-Factory until these pieces are
     timed there): the fused loss (Liger when installed, else torch) except under FSDP, whose sharded head weight
     it cannot use; Liger kernels when installed; fused LoRA for plain LoRA; varlen attention
-    for padding-free batches on CUDA (padding-free itself is decided by recipe.resolve_padding_free). Loader
-    processes stay off by default: on an H200 two of them made a 0.5B step slower (74k vs 93k tokens/s)."""
+    for padding-free batches on CUDA (padding-free itself is decided by recipe.resolve_padding_free); the LoRA
+    compute-copy cache with fused LoRA; async logs with one CUDA process. Loader processes stay off by default: on an
+    H200 two of them made a 0.5B step slower (74k vs 93k tokens/s). Compiled layers are opt-in (`fast.compile`):
+    on an H200 they ran 1.17x the steady tokens/s at 0.5B (110.5k vs 94.4k) and 12.6k vs 10.4k-12.1k at 7B, but
+    compiling (with recompiles in steps 2-3) cost ~50 s, which a 0.5B run only earns back after ~1,000 steps."""
     cuda = device == "cuda"
     loss = settings.fused_loss
     if loss is None:
         loss = cuda and not fsdp
     fused_loss = ("liger" if cuda and liger_available() else "torch") if loss else None
-    kernels = settings.kernels if settings.kernels is not None else (cuda and liger_available())
+    compiled = bool(settings.compile)
+    # compiled layers: inductor fuses the norms, rotary and SwiGLU itself (Liger's kernels only if asked for)
+    kernels = settings.kernels if settings.kernels is not None else (cuda and liger_available() and not compiled)
     if kernels and not (cuda and liger_available()):
         from lorakit.errors import LorakitError
         raise LorakitError("fast.kernels needs an NVIDIA GPU and the liger-kernel package", field="fast.kernels",
@@ -80,7 +95,11 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
         raise LorakitError("fast.varlen needs an NVIDIA GPU and torch >= 2.10 (torch.nn.attention.varlen)",
                            field="fast.varlen", hint="Leave fast.varlen unset")
     workers = settings.loader_workers or 0
-    return FastPath(fused_loss, bool(kernels), fused_lora, varlen, workers)
+    cache = fused_lora and settings.lora_cache is not False and not compiled  # the cache is host logic: a graph break
+    # deferred log reads pay where the device runs ahead of the host (CUDA), and need one process (no collective at
+    # a logging step); on the CPU only when asked for (the same numbers, for tests)
+    async_logs = world == 1 and (settings.async_logs if settings.async_logs is not None else cuda)
+    return FastPath(fused_loss, bool(kernels), fused_lora, varlen, workers, cache, async_logs, compiled)
 
 
 # ---------------------------------------------------------------------------------------------------- kernels
@@ -93,17 +112,13 @@ def apply_kernels(model) -> None:
 
 # ---------------------------------------------------------------------------------------------------- LoRA
 class LoraLinearFn(torch.autograd.Function):
-    """y = base_out + s · (x A^T) B^T in base_out's dtype; grads of A and B returned in their own (fp32) dtype.
-
-    Only the small A and s·B are cast per call. (A copy cached across calls would need invalidating at every
-    optimiser step: torch's fused AdamW does not bump the parameters' version counters.)"""
+    """y = base_out + (x A^T)(s·B)^T in base_out's dtype, from compute copies ac = A and bs = s·B in that dtype;
+    the grads of the masters A and B are returned in their own (fp32) dtype."""
 
     @staticmethod
-    def forward(ctx, base_out, x, a, b, scale):
-        dt = base_out.dtype
+    def forward(ctx, base_out, x, a, b, ac, bs, scale):
         with torch.autocast(x.device.type, enabled=False):
-            ac, bs = a.to(dt), (b * scale).to(dt)
-            xc = x.reshape(-1, x.shape[-1]).to(dt)
+            xc = x.reshape(-1, x.shape[-1]).to(ac.dtype)
             h = xc @ ac.t()
             y = torch.addmm(base_out.reshape(-1, base_out.shape[-1]), h, bs.t())
         ctx.save_for_backward(xc, h, ac, bs)
@@ -115,28 +130,56 @@ class LoraLinearFn(torch.autograd.Function):
         xc, h, ac, bs = ctx.saved_tensors
         with torch.autocast(gy.device.type, enabled=False):
             g = gy.reshape(-1, gy.shape[-1]).to(h.dtype)
-            gb = torch.addmm(_ZERO.get(h), g.t(), h, beta=0, alpha=ctx.scale) if ctx.needs_input_grad[3] else None
-            gh = g @ bs  # s·B folded into the cached copy
+            # beta=0: addmm ignores its input (bs only lends the shape; no zeros tensor, no host-side cache)
+            gb = torch.addmm(bs, g.t(), h, beta=0, alpha=ctx.scale) if ctx.needs_input_grad[3] else None
+            gh = g @ bs  # s·B folded into the compute copy
             ga = gh.t() @ xc if ctx.needs_input_grad[2] else None
             gx = (gh @ ac).view(ctx.x_shape).to(ctx.x_dtype) if ctx.needs_input_grad[1] else None
         return (gy, gx, None if ga is None else ga.to(ctx.dtypes[0]), None if gb is None else gb.to(ctx.dtypes[1]),
-                None)
+                None, None, None)
 
 
-class _Zero:
-    """A 0-dim zero per (device, dtype): the ignored `input` of addmm(beta=0)."""
+class _Generation:
+    """Counts optimiser steps (all optimisers, through torch's global step hook): a LoRA compute copy made in an
+    earlier generation is stale. Fused/foreach optimisers write the parameters without bumping their version
+    counters, so the counter alone cannot tell; both are checked. `lora_weights_changed()` marks every copy stale
+    after any other write that bypasses autograd's version counter (`p.data.mul_`, say)."""
 
     def __init__(self):
-        self.cache = {}
+        self.value = 0
+        self.hooked = False
 
-    def get(self, like):
-        key = (like.device, like.dtype)
-        if key not in self.cache:
-            self.cache[key] = torch.zeros((), device=like.device, dtype=like.dtype)
-        return self.cache[key]
+    def bump(self, *_args, **_kwargs):
+        self.value += 1
+
+    def hook(self):
+        if not self.hooked:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+            register_optimizer_step_post_hook(self.bump)
+            self.hooked = True
 
 
-_ZERO = _Zero()
+_GEN = _Generation()
+
+
+def lora_weights_changed() -> None:
+    """Every cached LoRA compute copy is stale from now on."""
+    _GEN.bump()
+
+
+def _compute_copies(layer, name: str, a, b, scale, dtype):
+    """(A, s·B) in `dtype`, without autograd history; with the cache, made once per generation and weight version."""
+    if not getattr(layer, "_lorakit_cache", False):
+        with torch.no_grad():
+            return a.detach().to(dtype), (b.detach() * scale).to(dtype)
+    key = (_GEN.value, a._version, b._version, a.data_ptr(), b.data_ptr(), dtype, scale, name)
+    hit = layer.__dict__.get("_lorakit_copies")
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    with torch.no_grad():
+        ac, bs = a.detach().to(dtype), (b.detach() * scale).to(dtype)
+    layer.__dict__["_lorakit_copies"] = (key, ac, bs)
+    return ac, bs
 
 
 def _fused_lora_forward(self, x, *args, **kwargs):
@@ -149,16 +192,34 @@ def _fused_lora_forward(self, x, *args, **kwargs):
     result = self.base_layer(x)
     dropout = self.lora_dropout[name]
     xd = x if isinstance(dropout, torch.nn.Identity) else dropout(x)
-    return LoraLinearFn.apply(result, xd, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name])
+    a, b, scale = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+    ac, bs = _compute_copies(self, name, a, b, scale, result.dtype)
+    return LoraLinearFn.apply(result, xd, a, b, ac, bs, scale)
 
 
-def fuse_lora(model) -> int:
-    """Route every PEFT lora.Linear through LoraLinearFn; returns how many layers were changed."""
+def fuse_lora(model, cache: bool = False) -> int:
+    """Route every PEFT lora.Linear through LoraLinearFn; returns how many layers were changed. With `cache` the
+    compute copies of A and s·B are kept between calls and made again after each optimiser step."""
     from peft.tuners.lora.layer import Linear
+    if cache:
+        _GEN.hook()
     n = 0
     for module in model.modules():
         if type(module) is Linear:
             module.forward = types.MethodType(_fused_lora_forward, module)
+            module.__dict__["_lorakit_cache"] = cache
+            module.__dict__.pop("_lorakit_copies", None)
+            n += 1
+    return n
+
+
+def compile_layers(model) -> int:
+    """torch.compile every decoder layer in place (one graph reused by all layers of a shape); returns how many."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    n = 0
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.compile()
             n += 1
     return n
 
@@ -221,12 +282,62 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+class LigerChunkedCE(torch.autograd.Function):
+    """Liger's fused linear cross-entropy algorithm (chunk logits = h W^T, Liger's Triton kernel turns them into the
+    loss and, in place, the logits' gradient, then grad_h = grad_logits W), with two changes for a training loop
+    that never waits for the GPU: no `.item()` (Liger reads the count of trained tokens on the host in the forward,
+    and compares the upstream gradient with 1 on the host in the backward: two syncs per step; the sum needs
+    neither), and chunks of ~2^29 logits instead of N·H (at 0.5B, 8 matmuls of 4096 rows instead of 128 of 256).
+    Sum of losses; frozen head (LoRA): no weight gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target, ignore_index, chunk):
+        from liger_kernel.ops.cross_entropy import liger_cross_entropy_kernel
+        n, v = hidden.shape[0], weight.shape[0]
+        hidden = hidden.contiguous()
+        target = target.contiguous()
+        grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
+        loss_1d = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        hit_1d = torch.zeros(n, dtype=torch.float32, device=hidden.device)
+        buf = torch.empty((min(chunk, n), v), dtype=hidden.dtype, device=hidden.device)
+        block = min(32768, 1 << (v - 1).bit_length())
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            logits = buf[:e - s]
+            torch.mm(hidden[s:e], weight.t(), out=logits)
+            liger_cross_entropy_kernel[(e - s,)](
+                X_ptr=logits, X_stride=logits.stride(-2), Y_ptr=target[s:e], Y_stride=1, weight_ptr=None,
+                loss_ptr=loss_1d[s:e], z_loss_ptr=None, loss_stride=1, token_accuracy_ptr=hit_1d[s:e],
+                token_accuracy_stride=1, predicted_tokens_ptr=None, predicted_tokens_stride=0, n_cols=v,
+                n_non_ignore=1.0, sum_non_ignore_weight=1.0, weight_sum=0.0, ignore_index=ignore_index,
+                lse_square_scale=0.0, label_smoothing=0.0, reduction="sum", softcap=None, RETURN_Z_LOSS=False,
+                RETURN_TOKEN_ACCURACY=True, RETURN_PREDICTED_TOKENS=False, BLOCK_SIZE=block, HAS_WEIGHT=False,
+                HAS_SOFTCAPPING=False, HAS_GRADIENTS=grad_h is not None, num_warps=32)
+            if grad_h is not None:
+                torch.mm(logits, weight, out=grad_h[s:e])
+        if grad_h is not None:
+            ctx.save_for_backward(grad_h)
+        correct = hit_1d.sum().round().long()
+        ctx.mark_non_differentiable(correct)
+        return loss_1d.sum(), correct
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_correct):
+        (grad_h,) = ctx.saved_tensors
+        return grad_h * g_loss.to(grad_h.dtype), None, None, None, None
+
+
 def linear_cross_entropy(hidden, weight, target, kind: str = "torch", ignore_index: int = -100, chunk: int = 0):
     """(sum of token losses, correctly predicted tokens) for hidden (N, H), head weight (V, H), target (N,).
 
     The head runs in the weight's dtype (bf16 weights: a bf16 matmul, as under autocast); accelerate hands the model
     outputs back in fp32, which here are the small hidden states, not the logits."""
     hidden = hidden.to(weight.dtype)
+    if kind == "liger" and OWN_LIGER_LOOP and hidden.is_cuda and not weight.requires_grad:
+        if not chunk:  # ~1 GiB of bf16 logits a chunk, a power of two rows
+            chunk = 1 << max(8, min(14, ((2 ** 29) // max(1, weight.shape[0])).bit_length() - 1))
+        with torch.autocast("cuda", enabled=False):
+            return LigerChunkedCE.apply(hidden, weight, target, ignore_index, chunk)
     if kind == "liger":
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
         out = liger_fused_linear_cross_entropy(hidden, weight, target, ignore_index=ignore_index, reduction="sum",

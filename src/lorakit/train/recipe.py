@@ -378,7 +378,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     use_cpu = precision.device == "cpu"
     padding_free = resolve_padding_free(cfg, model)
     fast = fastmod.resolve(cfg.fast, precision.device, cfg.method, padding_free=padding_free and not cfg.packing,
-                           fsdp=os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
+                           world=world_size(), fsdp=os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"))
     if fast.kernels:
         fastmod.apply_kernels(model)
     if fast.varlen:
@@ -444,7 +444,9 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
         trainer = preference_trainer(cfg, model, tokenizer, train_recs, eval_recs, common, callbacks, peft_cfg)
     trainer.remove_callback(__import__("transformers").trainer_callback.PrinterCallback)
     if fast.fused_lora and cfg.stage == "sft":
-        fastmod.fuse_lora(trainer.model)
+        fastmod.fuse_lora(trainer.model, cache=fast.lora_cache)
+    if fast.compile:
+        fastmod.compile_layers(trainer.model)
     throughput = ThroughputCallback(trainer.tokens_seen) if hasattr(trainer, "tokens_seen") else None
     if throughput:
         trainer.add_callback(throughput)
@@ -484,6 +486,7 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
             "tokens_seen": tokens_seen,
             "tokens_per_second": round(tokens_seen / seconds, 1) if (seconds > 0 and tokens_seen) else None,
             "tokens_per_second_steady": round(throughput.steady, 1) if throughput and throughput.steady else None,
+            "first_step_seconds": round(throughput.first_step, 2) if throughput and throughput.first_step else None,
             "fast_path": fast.as_dict(),
             "trainable_params": trainable, "total_params": total,
             "peak_memory_mb": peak_memory_mb(precision.device),

@@ -4,7 +4,9 @@ On a 150k-token vocabulary the head is a fifth of a small model's compute. TRL's
 off-Triton and adds entropy at each step; here the forward asks the model for logits only at positions whose next
 token is supervised (`logits_to_keep` with indices), through the wrapped model so DDP hooks still fire. With the
 fast path's fused loss the head and the cross-entropy run together in chunks (lorakit.train.fast), so the logits
-never exist at all. Metrics stay on the device between logging steps: the hot loop never waits for the GPU.
+never exist at all. Metrics stay on the device between logging steps; with the fast path's async logs (one CUDA
+process) a logging step only starts a copy of its numbers to pinned host memory and they are logged one step later,
+so the hot loop never waits for the GPU.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class LorakitTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.fast = fast
         self._pending = {}  # mode → [tokens trained, tokens correct] as device tensors, read at logging steps
+        self._deferred = None  # a logging step's numbers on their way to the host (async logs)
         self.data_collator = fastmod.StepBatches(self.data_collator)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -75,6 +78,75 @@ class LorakitTrainer(SFTTrainer):
             local = torch.tensor(self._total_train_tokens, device=self.args.device)
             self._metrics[mode]["num_tokens"] = [int(self.accelerator.gather_for_metrics(local[None]).sum())]
         return super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------- async logs
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
+                                 learning_rate=None):
+        """Trainer's log/evaluate/save step. With async logs a plain logging step (no evaluation, no save, not the
+        last step) starts a non-blocking copy of the loss sum, grad norm and token counters and returns; the next
+        call logs them (by then the GPU has finished that step while the following one is queued)."""
+        want = self.control.should_log
+        self._flush_deferred()  # its on_log resets control.should_log, which belongs to this step
+        c = self.control
+        c.should_log = want
+        if (self.fast is not None and self.fast.async_logs and c.should_log and not c.should_evaluate
+                and not c.should_save and not c.should_training_stop
+                and self.state.global_step > self._globalstep_last_logged and self.args.world_size == 1):
+            self._defer_log(tr_loss, grad_norm, learning_rate)
+            c.should_log = False
+            return
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
+                                         learning_rate=learning_rate)
+
+    def _defer_log(self, tr_loss, grad_norm, learning_rate):
+        zero = torch.zeros((), dtype=torch.long, device=tr_loss.device)
+        n, c = self._pending.pop("train", [zero, zero])
+        dev = tr_loss.device
+        gn = grad_norm.detach().to(dev) if isinstance(grad_norm, torch.Tensor) else torch.full(
+            (), float("nan") if grad_norm is None else float(grad_norm), device=dev)  # a fill, not a host copy
+        vals = torch.stack([tr_loss.detach().double(), gn.double(), n.double(), c.double()])
+        event = None
+        if vals.is_cuda:
+            host = torch.empty(4, dtype=torch.float64, pin_memory=True)
+            host.copy_(vals, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = vals.clone()
+        tr_loss -= tr_loss  # after the copy on the same stream
+        steps = self.state.global_step - self._globalstep_last_logged
+        self._globalstep_last_logged = self.state.global_step
+        self.store_flos()
+        if learning_rate is None:
+            learning_rate = self._get_learning_rate()
+        self._deferred = dict(host=host, event=event, steps=steps, lr=learning_rate, step=self.state.global_step,
+                              epoch=self.state.epoch, tokens=self._total_train_tokens,
+                              has_norm=grad_norm is not None)
+
+    def _flush_deferred(self):
+        d, self._deferred = self._deferred, None
+        if d is None:
+            return
+        if d["event"] is not None:
+            d["event"].synchronize()
+        loss_sum, gn, n, c = d["host"].tolist()
+        logs = {"loss": loss_sum / d["steps"]}
+        if d["has_norm"]:
+            logs["grad_norm"] = gn
+        logs["learning_rate"] = d["lr"]
+        self._total_loss_scalar += loss_sum
+        self._metrics["train"]["mean_token_accuracy"] = [c / n if n > 0 else 0.0]
+        self._metrics["train"]["num_tokens"] = [int(d["tokens"])]
+        step, ep = self.state.global_step, self.state.epoch
+        self.state.global_step, self.state.epoch = d["step"], d["epoch"]  # the record says the step it is about
+        try:
+            super().log(logs)  # SFTTrainer.log: the counters read above, not lorakit's log()
+        finally:
+            self.state.global_step, self.state.epoch = step, ep
+
+    def _finalize_training(self, *args, **kwargs):
+        self._flush_deferred()
+        return super()._finalize_training(*args, **kwargs)
 
     def tokens_seen(self) -> int:
         """Real tokens trained so far, summed over processes."""
