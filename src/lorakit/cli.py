@@ -332,9 +332,11 @@ def train(ctx: typer.Context,
                             resume=resume, console=console)
     if not result.summary.get("dry_run") and result.summary:
         s = result.summary
-        console.print(f"[green]{s['status']}[/]: {s['global_step']} steps in {s['train_seconds']} s, "
-                      f"{s['tokens_per_second']} tokens/s, train loss {s['train_loss']}, eval loss {s['eval_loss']}, "
-                      f"peak {s['peak_memory_mb']:.0f} MB → {result.run_dir}")
+        # TRL's preference trainers count no tokens, and a run without eval data has no eval loss: say so, not "None"
+        speed = f"{s['tokens_per_second']} tokens/s, " if s.get("tokens_per_second") is not None else ""
+        evl = f", eval loss {s['eval_loss']}" if s.get("eval_loss") is not None else ", no eval data"
+        console.print(f"[green]{s['status']}[/]: {s['global_step']} steps in {s['train_seconds']} s, {speed}"
+                      f"train loss {s['train_loss']}{evl}, peak {s['peak_memory_mb']:.0f} MB → {result.run_dir}")
 
 
 # ---------------------------------------------------------------------------- eval
