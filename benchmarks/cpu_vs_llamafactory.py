@@ -40,7 +40,14 @@ DEMO = SRC / "lorakit" / "demo"
 CUTOFF = 512
 
 LF_DRIVER = r'''
-import json, sys, time
+import json, sys, time, types
+try:  # pip pairs llamafactory's torchaudio>=2.4 with a build for another torch; text training never uses it,
+    import torchaudio  # noqa: F401  but llamafactory imports it at the top: a stand-in when it does not load
+except Exception:
+    sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    STANDIN = True
+else:
+    STANDIN = False
 import yaml
 from transformers import Trainer, TrainerCallback
 
@@ -67,7 +74,7 @@ class Timing(TrainerCallback):
 
 from llamafactory.train.tuner import run_exp
 run_exp(args, callbacks=[Timing()])
-json.dump({"marks": marks, "tokens": tokens, "losses": losses}, open(out_path, "w"))
+json.dump({"marks": marks, "tokens": tokens, "losses": losses, "torchaudio_standin": STANDIN}, open(out_path, "w"))
 '''
 
 
@@ -104,10 +111,12 @@ def check_lf(venv: Path) -> dict:
            "(or point --lf-venv / LORAKIT_LF_VENV at an existing one)")
     if not py.exists():
         sys.exit(f"LLaMA-Factory's virtual environment {venv} is missing; {how}")
-    probe = subprocess.run([str(py), "-c", "import json, importlib.metadata as m, torch, transformers, peft; "
-                            "import llamafactory.train.tuner; print(json.dumps({k: m.version(k) for k in "
-                            "('llamafactory', 'torch', 'transformers', 'peft', 'accelerate', 'datasets')}))"],
-                           capture_output=True, text=True)
+    code = LF_DRIVER.split("import yaml")[0] + (
+        "import json, importlib.metadata as m, llamafactory.train.tuner\n"
+        "print(json.dumps({k: m.version(k) for k in ('llamafactory', 'torch', 'transformers', 'peft', "
+        "'accelerate', 'datasets')}))\n")
+    probe = subprocess.run([str(py), "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1"})
     if probe.returncode:
         sys.exit(f"llamafactory does not import in {venv}:\n{probe.stderr[-2000:]}\n{how}")
     return json.loads(probe.stdout.strip().splitlines()[-1])
@@ -171,7 +180,8 @@ def run_lf(args, tmp: Path, model_path: Path, variant: str, i: int) -> dict:
     tok = r["tokens"]
     return {"side": "llamafactory", "variant": variant, "s_per_step": steady(marks, args.steps),
             "tokens_steady": sum(tok[2:args.steps]), "tokens": sum(tok), "first_loss": r["losses"][0][1],
-            "last_loss": r["losses"][-1][1], "losses": [x[1] for x in r["losses"]], "wall_s": wall}
+            "last_loss": r["losses"][-1][1], "losses": [x[1] for x in r["losses"]], "wall_s": wall,
+            "torchaudio_standin": r.get("torchaudio_standin")}
 
 
 def run_lorakit(args, tmp: Path, subset: Path, i: int) -> dict:
