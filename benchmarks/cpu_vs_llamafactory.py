@@ -5,6 +5,8 @@ Opt-in: LLaMA-Factory lives in its own virtual environment, never in lorakit's. 
     python3 -m venv /work/lf-venv
     /work/lf-venv/bin/pip install torch==2.13.0 llamafactory==0.9.5
 
+then `/work/lf-venv/bin/pip uninstall -y torchvision torchaudio` (PyPI's builds of both are for another torch and
+break transformers' imports; text training needs neither)
 (pin torch in the same command, or pip pulls a multi-GB CUDA torch; let pip pick the transformers/peft that
 llamafactory wants inside that venv). Another location: --lf-venv DIR or LORAKIT_LF_VENV=DIR.
 
@@ -44,7 +46,7 @@ import json, sys, time, types
 try:  # pip pairs llamafactory's torchaudio>=2.4 with a build for another torch; text training never uses it,
     import torchaudio  # noqa: F401  but llamafactory imports it at the top: a stand-in when it does not load
 except Exception:
-    sys.modules["torchaudio"] = types.ModuleType("torchaudio")
+    import importlib.machinery as _m; sys.modules["torchaudio"] = types.ModuleType("torchaudio"); sys.modules["torchaudio"].__spec__ = _m.ModuleSpec("torchaudio", None)
     STANDIN = True
 else:
     STANDIN = False
