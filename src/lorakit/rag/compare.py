@@ -31,7 +31,7 @@ from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
 from lorakit.rag.answer import Citation, citations
 from lorakit.rag.figures import unsupported_figures
-from lorakit.rag.index import MODES, Hit, Index
+from lorakit.rag.index import MODES, Index
 from lorakit.rag.ingest import _article_number, article_key, chunk_key, resolve_document, source_chunks
 
 KS = (1, 3, 5)
@@ -282,7 +282,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
     from lorakit.models.load import AdapterSet, set_threads
     from lorakit.rag.answer import answer_starts, context_budget, fit_messages
 
-    from lorakit.rag.retrieve import Recipe, Retriever
+    from lorakit.rag.retrieve import Recipe, Retriever, top_hits
 
     console = console or Console(stderr=True)
     recipe = (recipe or Recipe(mode=mode)).resolved(index)
@@ -305,7 +305,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
         t0 = time.perf_counter()
         ranked = retriever.rankings([r.prompt for r in records])
         known = {retriever.recipe: (ranked, time.perf_counter() - t0)}
-        hits = [[Hit(i, index.chunks[i], sc, p + 1, rk) for p, (i, sc, rk) in enumerate(order[:k])] for order in ranked]
+        hits = top_hits(index, ranked, k)
         retrieval = retrieval_recall(index, records, recipes=recipes, lm=lm, batch_size=batch_size, known=known)
     models = AdapterSet(base, name_adapters(adapters, reserved=("base", "base+rag")))
     named = models.names
@@ -321,8 +321,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
                     [r.prompt for r in records])
                 add_ranking(retrieval, index, records, f"{recipe.label()} by {name}", ranked_by,
                             time.perf_counter() - t0)
-            hits_of[name] = [[Hit(i, index.chunks[i], sc, p + 1, rk) for p, (i, sc, rk) in enumerate(o[:k])]
-                             for o in ranked_by]
+            hits_of[name] = top_hits(index, ranked_by, k)
 
     budget = context_budget(base, max_new_tokens)
     plain = [r.prompt_messages() for r in records]
@@ -385,7 +384,7 @@ def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequenc
             summary = {m: M.mean(p[m] for p in per) for m in RAG_METRICS if m not in ("loss", "perplexity")}
             summary.update(loss=loss, perplexity=perplexity(loss), seconds=round(seconds, 1), rag=use_rag)
             result.systems.append(SystemResult(name, answers, per, summary, seconds))
-    rag, shown, target_shown = shown_of[None]
+    _, shown, target_shown = shown_of[None]
     out = RagComparison(result, retrieval, shown, mode, k, target_shown,
                         by_system={f"{n}+rag": (v[1], v[2]) for n, v in shown_of.items() if n is not None})
     if out_dir:

@@ -73,11 +73,13 @@ def judge_records(index: "Index", records: Sequence, rankings: Sequence, *, nega
 
     from lorakit.rag.answer import is_chinese
     from lorakit.rag.ingest import source_chunks
+    if negatives < 1:
+        return []
     rng = random.Random(seed)
     out: list[dict] = []
     for r, ranked in zip(records, rankings):
         gold = source_chunks(r.source, index.chunks)[0]
-        if not gold or negatives < 1:
+        if not gold:
             continue
         others = [i for i, _, _ in ranked if i not in gold]
         pool = others[hard:20]

@@ -99,5 +99,10 @@ class Retriever:
     def search(self, questions: Sequence[str], k: int) -> list[list[Hit]]:
         if k < 1:
             raise LorakitError(f"k must be at least 1 (got {k})", field="k")
-        return [[Hit(i, self.index.chunks[i], s, p + 1, ranks) for p, (i, s, ranks) in enumerate(ranked[:k])]
-                for ranked in self.rankings(questions)]
+        return top_hits(self.index, self.rankings(questions), k)
+
+
+def top_hits(index: Index, rankings: Sequence, k: int) -> list[list[Hit]]:
+    """The first ``k`` of each ranking ((chunk id, score, {list: rank}) lists) as the passages shown."""
+    return [[Hit(i, index.chunks[i], s, p + 1, ranks) for p, (i, s, ranks) in enumerate(ranked[:k])]
+            for ranked in rankings]

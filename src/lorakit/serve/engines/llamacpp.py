@@ -7,6 +7,7 @@ llama-cpp-python compiles llama.cpp when pip installs it (no wheel on PyPI), so 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -67,33 +68,30 @@ def has_amx() -> bool:
         return False
 
 
-def _plain_cpu_buffers(on: bool):
-    """Load with llama.cpp's extra CPU buffer types off (``use_extra_bufts = false``) when ``on``.
+@contextlib.contextmanager
+def _plain_cpu_buffers():
+    """On AMX CPUs, load with llama.cpp's extra CPU buffer types off (``use_extra_bufts = false``).
 
-    On AMX CPUs llama.cpp repacks quantised weights into its AMX buffer, and the first matrix product then
-    segfaults (seen here on a 2-core AMX Xeon for every quantised type, Q8_0 and Q4_K_M alike, while F16 ran; the
-    upstream report is ggml-org/llama.cpp#20824, still open, and dspy's CI removed the AMX variant for the same
-    crash). The plain CPU kernels give the same logits. llama-cpp-python has no argument for the field, so the
-    default parameters it starts from are wrapped for the one load."""
-    import contextlib
-    if not on:
-        return contextlib.nullcontext()
+    There llama.cpp repacks quantised weights into its AMX buffer, and the first matrix product then segfaults
+    (seen here on a 2-core AMX Xeon for every quantised type, Q8_0 and Q4_K_M alike, while F16 ran; the upstream
+    report is ggml-org/llama.cpp#20824, still open). The export parity figures on that machine were measured with
+    the plain CPU kernels. llama-cpp-python has no argument for the field, so the default parameters it starts
+    from are wrapped for the one load."""
+    if not has_amx():
+        yield
+        return
     import llama_cpp.llama as module
+    original = module.llama_cpp.llama_model_default_params
 
-    @contextlib.contextmanager
-    def patched():
-        original = module.llama_cpp.llama_model_default_params
-
-        def defaults():
-            params = original()
-            params.use_extra_bufts = False
-            return params
-        module.llama_cpp.llama_model_default_params = defaults
-        try:
-            yield
-        finally:
-            module.llama_cpp.llama_model_default_params = original
-    return patched()
+    def defaults():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+    module.llama_cpp.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        module.llama_cpp.llama_model_default_params = original
 
 
 class LlamaCpp:
@@ -105,7 +103,7 @@ class LlamaCpp:
         from llama_cpp import Llama
         gguf = Path(gguf)
         try:
-            with _plain_cpu_buffers(has_amx()):
+            with _plain_cpu_buffers():
                 self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads(), n_threads_batch=threads(),
                                  logits_all=logits, verbose=False, seed=0)
         except ValueError as e:  # llama-cpp-python reports every load failure as ValueError
