@@ -508,7 +508,18 @@ def train(cfg: TrainConfig, *, dry_run: bool = False, resume: str | Path | None 
     if interrupted:
         say(f"[yellow]stopped at step {state.global_step}; checkpoint saved. Resume with:[/] "
             f"lorakit train --resume {run_dir}")
+    finish_processes()
     return RunResult(run_dir, adapter_dir, summary)
+
+
+def finish_processes() -> None:
+    """Under torchrun: wait until the main process has written the adapter and summary, then close the process
+    group. Left to the interpreter's exit, gloo's threads can outlive it and a rank dies with SIGABRT
+    ("terminate called without an active exception") after a finished run; torchrun then reports a failure."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def train_from_cli(config_file: str | None, overrides: dict, *, dry_run=False, resume=None,
