@@ -4,8 +4,8 @@
     python benchmarks/general_probe.py [--model qwen2.5-coder-0.5b-instruct] [--items 21] [--adapter RUN]
 
 baseline: every option scored as its own full sequence (prompt + option), the way a log-likelihood scorer
-without a cache does it. lorakit: `reply_logprobs` with the shared-prefix cache (computed once) and the
-prompt's cache repeated for the options. Both run on the same every-k-th items and must pick the same
+without a cache does it. lorakit: `score_replies`, every (item, option) row in a
+few large left-padded passes after the shared prefix's cache (computed once). Both run on the same every-k-th items and must pick the same
 options; the script prints seconds per item, the ratio, and CPU seconds (on a machine shared with other jobs,
 CPU time says more than wall time). With --adapter it then times `general_compare` (base + that adapter,
 all 210 items, text loss, open answers) end to end.
@@ -53,13 +53,11 @@ def main() -> None:
 
     def lorakit() -> list[int]:
         prefix = G.shared_prefix(model, prompts, precision=prec)
-        picks = []
-        for it, prompt in zip(items, prompts):
-            scores = G.reply_logprobs(model, tok, prompt, it.replies(), precision=prec, prefix=prefix)
-            picks.append(max(range(len(scores)), key=scores.__getitem__))
-        return picks
+        return [max(range(len(s)), key=s.__getitem__)
+                for s in G.score_replies(model, tok, prompts, [it.replies() for it in items], precision=prec,
+                                         prefix=prefix)]
 
-    G.reply_logprobs(model, tok, prompts[0], items[0].replies(), precision=prec)  # warm-up
+    G.score_replies(model, tok, prompts[:1], [items[0].replies()], precision=prec)  # warm-up
     timings = {}
     for name, fn in (("baseline", baseline), ("lorakit", lorakit)):
         t0, c0 = time.perf_counter(), time.process_time()

@@ -118,8 +118,9 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_chunk: int = 512):
-    """Cross-entropy (batch × length, 0 where ``target`` is -100) of the next token at the trained positions.
+def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_chunk: int = 512, **model_kwargs):
+    """Cross-entropy (batch × length, 0 where ``target`` is -100) of the next token at the trained positions
+    (``model_kwargs``, e.g. a key/value ``cache`` and ``position_ids``, go to the model as they are).
 
     The head is applied to the trained positions of each row only, ``rows_per_chunk`` positions at a time (fp32
     cross-entropy of bf16/fp32 logits, as training computes it), so memory stays near one chunk of 152k-word
@@ -137,10 +138,10 @@ def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_ch
     decoder, head = decoder_and_head(model)
     with torch.no_grad(), autocast_ctx(model, precision):
         if decoder is None:  # no separable head: whole logits, as the model gives them
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+            logits = model(input_ids=ids, attention_mask=att, **model_kwargs).logits[:, :-1]
             out[sel] = F.cross_entropy(logits[sel].float(), target[sel], reduction="none")
             return out
-        h = decoder(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[:, :-1]
+        h = decoder(input_ids=ids, attention_mask=att, use_cache=False, **model_kwargs).last_hidden_state[:, :-1]
         hs, ts = h[sel], target[sel]
         cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         parts = []
