@@ -136,14 +136,15 @@ def score_replies(model, tokenizer, prompts: Sequence[list[int]], replies: Seque
     item by item spends its time re-reading them. Here a group of prompts runs as one left-padded pass after the
     shared prefix's cached tokens (explicit position ids, so padding shifts nothing); each prompt's cache is then
     selected once per reply and the group's replies run as right-padded passes of similar lengths (a one-token
-    reply needs none). The vocabulary head runs only where a reply token is predicted. Equal, within float error, to scoring each full sequence alone
-    (tests check this on a tiny model)."""
+    reply needs none). The vocabulary head runs only where a reply token is predicted. Equal, within float error,
+    to scoring each full sequence alone (tests check this on a tiny model)."""
     import copy
 
     import torch
 
-    from lorakit.evaluate.generate import autocast_ctx, trained_token_losses
+    from lorakit.evaluate.generate import autocast_ctx, decoder_and_head, head_logits, trained_token_losses
     device = next(model.parameters()).device
+    decoder, head = decoder_and_head(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     reused = [len(prefix.ids) if (prefix is not None and len(p) > len(prefix.ids) and p[:len(prefix.ids)] == prefix.ids)
               else 0 for p in prompts]
@@ -170,13 +171,18 @@ def score_replies(model, tokenizer, prompts: Sequence[list[int]], replies: Seque
             cache = copy.deepcopy(prefix.cache)
             cache.batch_repeat_interleave(len(group))
         rows = [(g, j, r) for g, i in enumerate(group) for j, r in enumerate(toks[i])]
+        inputs = {"input_ids": torch.tensor([[pad] * (w1 - len(x)) + x for x in own], device=device),
+                  "attention_mask": torch.tensor(att1, device=device),
+                  "position_ids": torch.tensor([[n] * (w1 - len(x)) + list(range(n, n + len(x))) for x in own],
+                                               device=device), "cache": cache, "use_cache": True}
         with torch.no_grad(), autocast_ctx(model, precision):
-            out = model(input_ids=torch.tensor([[pad] * (w1 - len(x)) + x for x in own], device=device),
-                        attention_mask=torch.tensor(att1, device=device),
-                        position_ids=torch.tensor([[n] * (w1 - len(x)) + list(range(n, n + len(x))) for x in own],
-                                                  device=device),
-                        cache=cache, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            if decoder is None:
+                out = model(**inputs, logits_to_keep=1)
+                last = out.logits[:, -1].float()
+            else:  # the head on the last positions as a 2-D batch (see head_logits)
+                out = decoder(**inputs)
+                last = head_logits(model, head, out.last_hidden_state[:, -1])
+            first = torch.log_softmax(last, dim=-1)
         for b, (g, j, r) in enumerate(rows):
             scores[group[g]][j] = first[g, r[0]].item()
         # each longer reply after its prompt's cache, in passes of similar reply lengths (2, 3-4, 5-8, …) so that

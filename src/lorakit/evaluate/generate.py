@@ -118,6 +118,16 @@ def decoder_and_head(model):
     return decoder, head
 
 
+def head_logits(model, head, h):
+    """fp32 logits of the 2-D hidden states ``h`` (positions × width), on the scale the model generates with
+    (Gemma squashes its logits by ``final_logit_softcapping``). Kept 2-D on purpose: the head on a batch × 1 ×
+    width slice (``logits_to_keep=1`` under PEFT) made torch's matmul copy the 152k-word weight once per row."""
+    import torch
+    logits = head(h).float()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_chunk: int = 512, **model_kwargs):
     """Cross-entropy (batch × length, 0 where ``target`` is -100) of the next token at the trained positions
     (``model_kwargs``, e.g. a key/value ``cache`` and ``position_ids``, go to the model as they are).
@@ -143,12 +153,9 @@ def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_ch
             return out
         h = decoder(input_ids=ids, attention_mask=att, use_cache=False, **model_kwargs).last_hidden_state[:, :-1]
         hs, ts = h[sel], target[sel]
-        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         parts = []
         for c in range(0, hs.size(0), rows_per_chunk):
-            logits = head(hs[c:c + rows_per_chunk]).float()
-            if cap:  # Gemma squashes its logits: the loss is read on the scale the model generates with
-                logits = torch.tanh(logits / cap) * cap
+            logits = head_logits(model, head, hs[c:c + rows_per_chunk])
             parts.append(F.cross_entropy(logits, ts[c:c + rows_per_chunk], reduction="none"))
         out[sel] = torch.cat(parts)
     return out
