@@ -79,12 +79,24 @@ def test_varlen_attention_isolates_packed_examples(tiny_dir):
         lp = model(**batch, use_cache=False).logits
     torch.testing.assert_close(lp[:, :11], la, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(lp[:, 11:], lb, atol=1e-5, rtol=1e-4)
+    # and the gradients: the packed row's loss backpropagates as the two examples' losses do
+    model.set_attn_implementation("sdpa")
+    (model(input_ids=torch.tensor([a])).logits.sum() + model(input_ids=torch.tensor([b])).logits.sum()).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    fast.use_varlen(model)
+    model(**batch, use_cache=False).logits.sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], atol=1e-4, rtol=1e-3)
 
 
 def test_resolve_picks_pieces_per_device():
     s = TrainConfig(data="x.jsonl").fast
-    assert fast.resolve(s, "cpu", "lora", padding_free=True).describe() == "off"  # CPU defaults unchanged
-    on = TrainConfig(data="x.jsonl", fast={"fused_loss": True, "fused_lora": True}).fast
+    cpu = fast.resolve(s, "cpu", "lora", padding_free=True)  # CPU: fused LoRA, per-example flash attention
+    assert cpu.fused_lora and cpu.lora_cache and cpu.varlen and not cpu.fused_loss and not cpu.kernels
+    assert not fast.resolve(s, "cpu", "lora", padding_free=False).varlen
+    assert not fast.resolve(s, "mps", "lora", padding_free=True).fused_lora  # MPS: stock, as measured before
+    on = TrainConfig(data="x.jsonl", fast={"fused_loss": True, "fused_lora": True, "varlen": False}).fast
     cpu = fast.resolve(on, "cpu", "lora", padding_free=True)
     assert cpu.fused_loss == "torch" and cpu.fused_lora and not cpu.kernels and not cpu.varlen
     assert fast.resolve(on, "cpu", "full").fused_lora is False
@@ -92,8 +104,8 @@ def test_resolve_picks_pieces_per_device():
     gpu = fast.resolve(s, "cuda", "lora", padding_free=True)  # decided without touching a GPU
     assert gpu.varlen == fast.varlen_available() and gpu.loader_workers == 0
     assert gpu.fused_loss == ("liger" if fast.liger_available() else "torch")
-    off = TrainConfig(data="x.jsonl", fast={"fused_loss": False, "fused_lora": False}).fast
-    assert fast.resolve(off, "cpu", "lora").describe() == "off"
+    off = TrainConfig(data="x.jsonl", fast={"fused_loss": False, "fused_lora": False, "varlen": False}).fast
+    assert fast.resolve(off, "cpu", "lora", padding_free=True).describe() == "off"
     from lorakit.errors import LorakitError
     with pytest.raises(LorakitError, match="fast.kernels"):
         fast.resolve(TrainConfig(data="x.jsonl", fast={"kernels": True}).fast, "cpu", "lora")
@@ -109,8 +121,10 @@ def test_fast_path_loss_curve_matches_stock(base_cfg, precision, tol):
     """Whole training runs: the fast path's loss curve is the stock path's (exact in fp32, bf16 noise in bf16)."""
     cfg = {**base_cfg, "epochs": 2, "precision": precision, "eval_ratio": 0.2}
     on = recipe.train(TrainConfig(**{**cfg, "name": "on", "fast": {"fused_loss": True, "fused_lora": True}}))
-    off = recipe.train(TrainConfig(**{**cfg, "name": "off", "fast": {"fused_loss": False, "fused_lora": False}}))
+    off = recipe.train(TrainConfig(**{**cfg, "name": "off", "fast": {"fused_loss": False, "fused_lora": False,
+                                                                     "varlen": False}}))
     assert on.summary["fast_path"]["fused_loss"] == "torch" and on.summary["fast_path"]["fused_lora"]
+    assert on.summary["fast_path"]["varlen"] and not off.summary["fast_path"]["varlen"]  # padding-free on the CPU
     a, b = _curve(on), _curve(off)
     assert len(a) == len(b) == on.summary["global_step"]
     assert max(abs(x - y) / y for x, y in zip(a, b)) < tol, (a, b)
