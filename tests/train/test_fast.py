@@ -61,9 +61,12 @@ def test_fused_lora_equals_peft(tiny_dir):
     assert err(fused_bf16) <= 1.25 * err(peft_bf16) + 1e-3
 
 
-def test_varlen_attention_isolates_packed_examples(tiny_dir):
-    """A packed row through the varlen attention function (CPU: one causal SDPA per example) gives each example's
-    own logits, with the cu_seq_lens TRL's padding-free collator adds."""
+@pytest.mark.parametrize("masked_under", [0, 10_000])
+def test_varlen_attention_isolates_packed_examples(tiny_dir, monkeypatch, masked_under):
+    """A packed row through the varlen attention function (CPU: one causal SDPA per example, or for short rows one
+    call with the block mask) gives each example's own logits and gradients, with the cu_seq_lens TRL's
+    padding-free collator adds."""
+    monkeypatch.setattr(fast, "MASKED_UNDER", masked_under)
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()

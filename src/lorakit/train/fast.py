@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 
 VARLEN = "lorakit_varlen"  # the attention implementation name registered with transformers
+# CPU rows of at most this many tokens go through one SDPA call with a block mask (per-example calls measured 8 %
+# slower on a 355-token row of four examples, 31 % faster on a 2,400-token one; benchmarks/cpu_steps.py)
+MASKED_UNDER = 512
 OWN_LIGER_LOOP = True  # False: Liger's own fused linear cross-entropy function (benchmarks/gpu_speed.py compares)
 
 
@@ -409,6 +412,15 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
             q = q * (scaling * q.shape[-1] ** 0.5)
         max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
         out = fn(q, k, v, cu, cu, max_len, max_len, **extra)
+    elif q.shape[0] <= MASKED_UNDER:  # a short row: one SDPA call with its block mask beats a call per example
+        seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).long())
+        pos = torch.arange(q.shape[0], device=q.device)
+        mask = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q[None].transpose(1, 2), k[None].transpose(1, 2),
+                                             v[None].transpose(1, 2), attn_mask=mask[None, None],
+                                             scale=scaling)[0].transpose(0, 1)
     else:  # any device: one causal SDPA call per example (what the kernel computes, for tests and CPU use).
         # The key/value heads are repeated up front: with enable_gqa the CPU falls back to the math kernel
         # (bmm + softmax, the T×T scores kept for backward); without it, is_causal runs the CPU flash kernel.
