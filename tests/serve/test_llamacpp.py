@@ -23,7 +23,7 @@ def test_parity_runs_the_gguf_in_llamacpp(exported):
     assert "gguf.GGUFWriter" in by["f16"]
     for t in ("q8_0", "q4_k_m"):  # llama.cpp's quantiser is the default once llama-cpp-python is installed
         assert by[t].startswith("llama.cpp (llama-cpp-python 0.3.36") and by[t].endswith("from law.f16.gguf"), by
-    assert info["gguf_tensor_types"]["q8_0"] == {"Q8_0": 15, "F16": 1, "F32": 11}  # the head left unquantised
+    assert info["gguf_tensor_types"]["q8_0"] == {"Q8_0": 16, "F32": 11}
     # 64-wide rows hold no 256-value k-quant block: llama.cpp falls back (Q4_K → Q5_0, Q6_K → Q8_0), as it does
     # for the 0.5B default's 896-wide rows; the k-quants proper are checked on a 256-wide model below
     assert "Q4_K" not in info["gguf_tensor_types"]["q4_k_m"] and "Q5_0" in info["gguf_tensor_types"]["q4_k_m"]

@@ -11,11 +11,9 @@ The `gguf` package has no HF→GGUF converter (that lives in llama.cpp), so this
 * hyper-parameters under the ``{arch}.*`` keys, the byte-level BPE tokenizer (tokens, types, merges,
   bos/eos/pad ids, pre-tokenizer name), the chat template and the end-of-turn id (``tokenizer.ggml.eot_token_id``:
   what llama.cpp and Ollama stop on, the usual cause of a GGUF that "never stops") under ``tokenizer.*``;
-* quantised files keep 1-D tensors (norms, biases) in F32 and the output head at a higher precision, as
-  llama.cpp's own quantiser does for the k-quants: Q8_0 in the 4/5-bit types, F16 in Q8_0 files (llama-quantize's
-  --leave-output-tensor: a Q8_0 head missed the 97 % top-1 agreement with the adapter, 96.3-96.6 %, the F16 head
-  reached 97.7 %, for +122 MB on the 0.5B default's 152k-word head); a row length that is no multiple of the block
-  size falls back to F16, as llama.cpp does.
+* quantised files keep 1-D tensors (norms, biases) in F32 and, for the 4/5-bit types, the output head in Q8_0
+  (llama.cpp's own quantiser also keeps that tensor at a higher precision); a row length that is no multiple of
+  the block size falls back to F16, as llama.cpp does.
 
 `transformers` loads the result back (``from_pretrained(dir, gguf_file=...)``) with identical logits for F32.
 Tensors are streamed from the safetensors files one at a time, so memory stays near one tensor's size.
@@ -42,8 +40,8 @@ def tensor_type(dtype: str, name: str, shape: tuple[int, ...]):
     if dtype == "f16":
         return T.F16
     qtype = T[dtype.upper()]
-    if name == "output.weight":  # the head: 8 bits in 4/5-bit files, unquantised (F16) in Q8_0 ones
-        qtype = T.F16 if dtype == "q8_0" else T.Q8_0
+    if dtype != "q8_0" and name == "output.weight":
+        qtype = T.Q8_0
     return qtype if shape[-1] % GGML_QUANT_SIZES[qtype][0] == 0 else T.F16
 
 

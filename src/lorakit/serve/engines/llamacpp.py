@@ -47,8 +47,6 @@ def quantize(src: str | Path, out: str | Path, dtype: str) -> str:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_" + QUANT_TYPES[dtype])
     params.nthread = threads()
-    if dtype == "q8_0":  # the head left unquantised (F16), as lorakit's own writer does (models.gguf_writer)
-        params.output_tensor_type = llama_cpp.GGML_TYPE_F16
     out = Path(out)
     with atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):  # it logs every tensor on stderr
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
