@@ -74,10 +74,10 @@ def resolve(settings, device: str, method: str, world: int = 1, padding_free: bo
     head weight it cannot use; Liger kernels when installed; fused LoRA for plain LoRA; varlen attention for
     padding-free batches (padding-free itself is decided by recipe.resolve_padding_free); the LoRA compute-copy
     cache with fused LoRA; async logs with one CUDA process. On the CPU: fused LoRA (with the cache) and, for
-    padding-free rows, one causal flash SDPA call per example instead of SDPA with a dense block mask, whose CPU
-    backward was 38 % of a step on rows of four RAFT records; alternated in one process on a 2-core AMX Xeon,
-    a 2,400-token row of four examples took 17.9 s with both against 27.6 s stock, short rows (355 tokens) the same
-    within noise (3.7 vs 3.5 s). The torch fused loss stays off on the CPU: measured slower there (10.3 vs 9.4 s). Loader processes stay off by default: on an
+    padding-free rows over MASKED_UNDER tokens, one causal flash SDPA call per example instead of SDPA with a dense
+    block mask, whose CPU backward was 38 % of a step on rows of four RAFT records (benchmarks/cpu_steps.py on a
+    2-core AMX Xeon: 2,400-token row 28.4 -> 18.7 s, 355-token row unchanged). The torch fused loss stays off on
+    the CPU: measured slower there (10.3 vs 9.4 s). Loader processes stay off by default: on an
     H200 two of them made a 0.5B step slower (74k vs 93k tokens/s). Compiled layers are opt-in (`fast.compile`):
     on an H200 they ran 1.17x the steady tokens/s at 0.5B (110.5k vs 94.4k) and 12.6k vs 10.4k-12.1k at 7B, but
     compiling (with recompiles in steps 2-3) cost ~50 s, which a 0.5B run only earns back after ~1,000 steps."""
@@ -390,12 +390,12 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if cu_seq_lens_q is None or query.shape[0] != 1 or kwargs.get("sliding_window") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    q = query[0].transpose(0, 1).contiguous()  # (T, H, D)
-    k = key[0].transpose(0, 1).contiguous()
-    v = value[0].transpose(0, 1).contiguous()
-    cu = cu_seq_lens_q.to(device=q.device, dtype=torch.int32)
-    rep = q.shape[1] // k.shape[1]
-    if q.is_cuda and varlen_available():
+    cu = cu_seq_lens_q.to(device=query.device, dtype=torch.int32)
+    rep = query.shape[1] // key.shape[1]
+    if query.is_cuda and varlen_available():
+        q = query[0].transpose(0, 1).contiguous()  # (T, H, D), as the kernel takes them
+        k = key[0].transpose(0, 1).contiguous()
+        v = value[0].transpose(0, 1).contiguous()
         fn, params = _varlen_kernel()
         extra = {}
         if "enable_gqa" in params and rep > 1:
@@ -412,28 +412,22 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
             q = q * (scaling * q.shape[-1] ** 0.5)
         max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
         out = fn(q, k, v, cu, cu, max_len, max_len, **extra)
-    elif q.shape[0] <= MASKED_UNDER:  # a short row: one SDPA call with its block mask beats a call per example
-        seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).long())
-        pos = torch.arange(q.shape[0], device=q.device)
+        return out.unsqueeze(0), None
+    # the CPU (any device without the kernel), on (1, H, T, D) as given. The key/value heads are repeated up front:
+    # with enable_gqa, or on 3-D inputs, the CPU takes the math kernel (bmm + softmax, T×T scores kept for backward)
+    if rep > 1:
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    if query.shape[2] <= MASKED_UNDER:  # a short row: one SDPA call with its block mask beats a call per example
+        seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=query.device), (cu[1:] - cu[:-1]).long())
+        pos = torch.arange(query.shape[2], device=query.device)
         mask = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q[None].transpose(1, 2), k[None].transpose(1, 2),
-                                             v[None].transpose(1, 2), attn_mask=mask[None, None],
-                                             scale=scaling)[0].transpose(0, 1)
-    else:  # any device: one causal SDPA call per example (what the kernel computes, for tests and CPU use).
-        # The key/value heads are repeated up front: with enable_gqa the CPU falls back to the math kernel
-        # (bmm + softmax, the T×T scores kept for backward); without it, is_causal runs the CPU flash kernel.
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[None, None], scale=scaling)
+    else:  # one causal SDPA call per example: the CPU flash kernel, no T×T mask
         bounds = cu.tolist()
-        # (1, H, L, D): the CPU flash kernel takes 4-D inputs only (3-D ones go to the math kernel too)
-        parts = [F.scaled_dot_product_attention(q[None, s:e].transpose(1, 2), k[None, s:e].transpose(1, 2),
-                                                v[None, s:e].transpose(1, 2), is_causal=True,
-                                                scale=scaling)[0].transpose(0, 1)
-                 for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
-        out = torch.cat(parts, 0)
-    return out.unsqueeze(0), None
+        out = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                                        is_causal=True, scale=scaling)
+                         for s, e in zip(bounds[:-1], bounds[1:]) if e > s], dim=2)
+    return out.transpose(1, 2), None  # (1, T, H, D), as transformers' attention functions return it
 
 
 def use_varlen(model) -> None:
