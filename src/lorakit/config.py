@@ -62,9 +62,10 @@ class FastSettings(Strict):
                                                       "(Liger on CUDA, torch elsewhere; default on with CUDA)")
     kernels: bool | None = Field(None, description="Liger RMSNorm/RoPE/SwiGLU (default on with CUDA + liger-kernel)")
     fused_lora: bool | None = Field(None, description="LoRA in the activations' dtype, no per-op casts (default on "
-                                                      "with CUDA)")
-    varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention "
-                                                  "(default on with CUDA and torch >= 2.10)")
+                                                      "with CUDA and on the CPU)")
+    varlen: bool | None = Field(None, description="padding-free rows through varlen flash attention (default on "
+                                                  "with CUDA and torch >= 2.10; on the CPU one flash call per "
+                                                  "example for rows over 512 tokens)")
     loader_workers: int | None = Field(None, ge=0, le=16, description="processes that collate batches while the "
                                                                        "model trains (default 0: measured slower)")
     lora_cache: bool | None = Field(None, description="fused LoRA keeps compute-dtype copies of A and s·B, made "
