@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from lorakit.errors import LorakitError
+from lorakit.evaluate.generate import EVAL_BATCH
 
 PIPE_WIDTH = 240  # columns when output goes to a file or a program: wide enough that rows are not folded
 
@@ -351,7 +352,9 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, "--data", "-d", help="Hel
              out: Path = typer.Option(Path("runs/eval"), "--out", help="Folder for eval.html, eval.md, eval.json "
                                                                        "(and general.md, general.json)."),
              no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
-             max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
+             max_new_tokens: int = typer.Option(128),
+             batch_size: int = typer.Option(EVAL_BATCH, help="Rows per batch at most; long prompts get fewer "
+                                            "(a padded-token budget)."),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
              system_prompt: Optional[str] = typer.Option(None)):
     """Compare the base model and one or more adapters on a held-out set: loss, ROUGE, BLEU, keywords, citations;
@@ -729,7 +732,9 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              k: int = typer.Option(3, "-k", help="Passages shown to the +rag systems."),
              mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
              max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
-             max_new_tokens: int = typer.Option(128), batch_size: int = typer.Option(8),
+             max_new_tokens: int = typer.Option(128),
+             batch_size: int = typer.Option(EVAL_BATCH, help="Rows per batch at most; long prompts get fewer "
+                                            "(a padded-token budget)."),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
              retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Measure recall@k only (no answers); "
                                                  "reports still go to --out."),

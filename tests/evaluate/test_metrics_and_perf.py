@@ -138,3 +138,33 @@ def test_answer_loss_when_no_answer_token_is_left(tiny_model):
     assert math.isnan(per[0]) and math.isfinite(per[1]) and loss == per[1]
     both, per2 = answer_loss(model, tok, [cut, ok], max_length=64, precision=fp32, batch_size=2)
     assert math.isnan(per2[0]) and abs(per2[1] - per[1]) < 1e-5 and abs(both - loss) < 1e-5
+
+
+def test_token_batches_hold_rows_and_padded_tokens():
+    from lorakit.evaluate.generate import token_batches
+
+    lengths = [40, 1000, 60, 900, 50, 30, 5000]
+    batches = token_batches(lengths, batch_size=3, batch_tokens=2000)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every row once
+    assert batches[0] == [6]  # over the budget alone: it goes alone, first (longest first)
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 2000)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert [sorted(b) for b in batches[1:]] == [[1, 3], [0, 2, 4], [5]]
+    # without a token budget: rows only
+    assert [len(b) for b in token_batches(lengths, batch_size=4, batch_tokens=None)] == [4, 3]
+
+
+def test_generate_answers_keep_their_order_whatever_the_batches(tiny_model):
+    """Batches of other widths and row counts (`token_batches`) give each conversation its own answer back."""
+    from lorakit.evaluate.generate import generate
+    from lorakit.models import Precision, load_model, load_tokenizer
+
+    fp32 = Precision("cpu", "float32", None, "test")
+    model, tok = load_model(tiny_model, fp32), load_tokenizer(tiny_model)
+    convs = [[{"role": "user", "content": q}] for q in
+             ["酒驾怎么罚？", "驾照扣分了怎么办？" * 6, "闯红灯记几分？" * 3, "超速", "高速公路上倒车会怎样？" * 10]]
+    alone = [generate(model, tok, [c], max_new_tokens=6, precision=fp32)[0] for c in convs]
+    for batch_size, batch_tokens in [(8, None), (2, None), (8, 120)]:
+        assert generate(model, tok, convs, max_new_tokens=6, precision=fp32, batch_size=batch_size,
+                        batch_tokens=batch_tokens) == alone, (batch_size, batch_tokens)

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
+from lorakit.evaluate.generate import EVAL_BATCH
 
 SHORT = {"loss": "loss", "perplexity": "ppl", "rouge_l": "ROUGE-L", "rouge_1": "ROUGE-1", "bleu_4": "BLEU-4",
          "exact_match": "EM", "keywords": "keyw.", "citation": "cite"}
@@ -90,7 +91,7 @@ def load_eval_records(data, *, limit: int | None = None, system_prompt: str | No
 
 
 def compare(model: str, adapters: list[str | Path], data: str | Path, *, out_dir: str | Path | None = None,
-            max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None, include_base: bool = True,
+            max_new_tokens: int = 128, batch_size: int = EVAL_BATCH, limit: int | None = None, include_base: bool = True,
             system_prompt: str | None = None, console: Console | None = None) -> Comparison:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorakit.errors import LorakitError
+from lorakit.evaluate.generate import EVAL_BATCH
 
 LETTERS = "ABCDEFGH"
 CATEGORIES = ("knowledge", "arithmetic", "reading", "commonsense", "instruction")
@@ -319,7 +320,7 @@ class GeneralReport:
 
 # ---------------------------------------------------------------------------------------------- the flow
 def general_compare(model: str, adapters: Sequence[str | Path], *, out_dir: str | Path | None = None,
-                    include_base: bool = True, max_new_tokens: int = 96, batch_size: int = 8,
+                    include_base: bool = True, max_new_tokens: int = 96, batch_size: int = EVAL_BATCH,
                     limit: int | None = None, console: Console | None = None) -> GeneralReport:
     """Base and each adapter on the shipped probe; ``limit`` takes every k-th item (all categories stay)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

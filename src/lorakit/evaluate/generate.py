@@ -65,12 +65,42 @@ def start_processors(tokenizer, starts, prompt_len: int):
     return {"logits_processor": LogitsProcessorList([AllowedStarts(tokenizer, starts, prompt_len)])}
 
 
+# Padded tokens per batch, at most (rows x longest row). Measured on 2 AMX Xeon cores, 0.5B model, bf16, 96
+# new tokens: 32 short questions (~40 tokens) take 37 s in rows of 8 and 16 s in one batch of 32 (decoding reads
+# the weights once per step whatever the rows), while 32 prompts with three passages (~400-1,100 tokens) take
+# 118 s in rows of 8, 89 s in rows of 16 and 115 s in one batch of 32 (padding to the longest wastes prefill).
+BATCH_TOKENS = 16384
+# The teacher-forced loss has no decoding to share, only padding to waste: narrower batches (45 prompts with
+# passages: 48 s at 4,096 tokens against 63-66 s at 2,048, 8,192 or 8 rows unsorted, same Xeon, noisy host).
+LOSS_TOKENS = 4096
+# Rows per batch in evaluation when the token budgets allow (eval, rag eval, the general probe).
+EVAL_BATCH = 32
+
+
+def token_batches(lengths: Sequence[int], batch_size: int, batch_tokens: int | None = BATCH_TOKENS) -> list[list[int]]:
+    """Indices in batches, longest first: at most ``batch_size`` rows and, when ``batch_tokens`` is set, at most
+    that many padded tokens (rows × the batch's longest), so short prompts share a wide batch and long ones a
+    narrow one; a row longer than the budget goes alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        cur = out[-1] if out else None
+        # longest first: the batch's first row is its widest
+        if cur is not None and len(cur) < batch_size and \
+                (not batch_tokens or (len(cur) + 1) * lengths[cur[0]] <= batch_tokens):
+            cur.append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
              batch_size: int = 8, precision=None, on_batch: Callable[[int], None] | None = None,
              starts: Sequence[Sequence[str] | None] | None = None, temperature: float = 0.0,
-             stopped: list[bool] | None = None) -> list[str]:
+             stopped: list[bool] | None = None, batch_tokens: int | None = BATCH_TOKENS) -> list[str]:
     """Greedy answers (or sampled, with ``temperature`` > 0) for each message list (left-padded batches, stop at
-    the end-of-turn token). ``starts``: per conversation, the strings its answer must begin with one of
+    the end-of-turn token). Batches: at most ``batch_size`` rows and ``batch_tokens`` padded prompt tokens
+    (`token_batches`). ``starts``: per conversation, the strings its answer must begin with one of
     (`AllowedStarts`), or None. ``stopped``, when given, receives for each conversation whether its answer ended
     on a stop token (else it ran out of ``max_new_tokens``)."""
     import torch
@@ -78,14 +108,12 @@ def generate(model, tokenizer, conversations: Sequence[list[dict]], *, max_new_t
     tokenizer.padding_side = "left"
     stops = stop_ids(tokenizer)
     device = next(model.parameters()).device
-    # Longest prompts first so that a batch holds prompts of similar length (less padding).
     texts = [tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True) for m in conversations]
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     out: list[str] = [""] * len(texts)
     ended = [False] * len(texts)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for idx in token_batches(lengths, batch_size, batch_tokens):
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(device) for k, v in enc.items()}
             width = enc["input_ids"].shape[1]
@@ -162,16 +190,19 @@ def trained_token_losses(model, ids, att, target, precision=None, *, rows_per_ch
 
 
 def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_length: int = 1024,
-                precision=None, batch_size: int = 8) -> tuple[float, list[float]]:
-    """Mean loss per trained token on the reference answers (same mask as training) and per-example losses."""
+                precision=None, batch_size: int = 8,
+                batch_tokens: int | None = LOSS_TOKENS) -> tuple[float, list[float]]:
+    """Mean loss per trained token on the reference answers (same mask as training) and per-example losses
+    (length-sorted batches of at most ``batch_size`` rows and ``batch_tokens`` padded tokens: `token_batches`)."""
     import torch
 
     from lorakit.data.tokenize import assistant_spans
     device = next(model.parameters()).device
     rows = [assistant_spans(tokenizer, m, max_length=max_length) for m in conversations]
-    total, count, per = 0.0, 0, []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+    total, count = 0.0, 0
+    per = [float("nan")] * len(rows)
+    for idx in token_batches([len(ids) for ids, _ in rows], batch_size, batch_tokens):
+        chunk = [rows[i] for i in idx]
         width = max(len(ids) for ids, _ in chunk)
         pad = tokenizer.pad_token_id
         ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk], device=device)
@@ -181,8 +212,8 @@ def answer_loss(model, tokenizer, conversations: Sequence[list[dict]], *, max_le
         target = lab[:, 1:]
         lp = trained_token_losses(model, ids, att, target, precision)
         n = (target != -100).sum(1)
-        for s, c in zip(lp.sum(1).tolist(), n.tolist()):
-            per.append(s / c if c else float("nan"))
+        for i, s, c in zip(idx, lp.sum(1).tolist(), n.tolist()):
+            per[i] = s / c if c else float("nan")
         total += lp.sum().item()
         count += int(n.sum())
     return (total / count if count else float("nan")), per

@@ -29,6 +29,7 @@ from rich.table import Table
 
 from lorakit.errors import LorakitError
 from lorakit.evaluate import metrics as M
+from lorakit.evaluate.generate import EVAL_BATCH
 from lorakit.rag.answer import Citation, citations
 from lorakit.rag.figures import unsupported_figures
 from lorakit.rag.index import MODES, Index
@@ -268,7 +269,7 @@ class RagComparison:
 
 def rag_compare(index: Index, data: str | Path, *, model: str, adapters: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, k: int = 3, mode: str | None = None, max_chars: int = 600,
-                max_new_tokens: int = 128, batch_size: int = 8, limit: int | None = None,
+                max_new_tokens: int = 128, batch_size: int = EVAL_BATCH, limit: int | None = None,
                 system_prompt: str | None = None, recipe=None, levers: bool = False, cite_shown: bool = True,
                 console: Console | None = None) -> RagComparison:
     """The four-way comparison. ``recipe`` (`lorakit.rag.retrieve.Recipe`, default: ``mode`` with what the index
