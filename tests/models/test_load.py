@@ -180,3 +180,28 @@ def test_attach_adapter_from_adapter_or_run_folder(tiny_model, tmp_path):
 def test_attach_adapter_missing(tiny_model, tmp_path):
     with pytest.raises(LorakitError, match="adapter_config.json"):
         load_model(tiny_model, FP32, adapter=tmp_path)
+
+
+def test_output_layer_gets_contiguous_hidden_states_in_generate(tiny_model):
+    """generate() slices the prompt's last position (a strided view); load_model makes the output layer see it
+    contiguous (torch's CPU linear on the strided 3-D view copies the head's weight once per row), with the
+    same logits, for the base model and under a PEFT adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    from lorakit.models import Precision, load_model, load_tokenizer
+    fp32 = Precision("cpu", "float32", None, "test")
+    model, tok = load_model(tiny_model, fp32), load_tokenizer(tiny_model)
+    seen = []
+    head = model.get_output_embeddings()
+    head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    x = torch.randn(3, 7, model.config.hidden_size)
+    sliced = x[:, -1:, :]
+    assert not sliced.is_contiguous()
+    assert torch.allclose(head(sliced), torch.nn.functional.linear(sliced.contiguous(), head.weight))
+    assert seen == [True]
+    enc = tok(["酒驾怎么罚？", "闯红灯记几分？要交多少罚款"], return_tensors="pt", padding=True)
+    peft = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    seen.clear()
+    with torch.no_grad():
+        peft.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert seen and all(seen)

@@ -145,11 +145,29 @@ def load_model(path: str | Path, precision: Precision, *, adapter: str | Path | 
     if getattr(model, "hf_quantizer", None) is not None and getattr(model.config, "quantization_config", None) is None:
         model.hf_quantizer = None
     model.to(precision.device)
+    contiguous_head_input(model)
     if adapter is not None:
         model = attach_adapter(model, adapter, trainable=trainable)
     if not trainable:
         model.eval()  # callers use torch.no_grad() / inference_mode(); global grad mode is left alone
     return model
+
+
+def _contiguous_first(module, args):
+    x = args[0] if args else None
+    if x is not None and hasattr(x, "is_contiguous") and not x.is_contiguous():
+        return (x.contiguous(), *args[1:])
+    return None
+
+
+def contiguous_head_input(model) -> None:
+    """Give the output layer contiguous hidden states: generate() slices the prompt's last position
+    (``hidden[:, -1:, :]``, a strided view), and on the CPU torch's linear on such a 3-D view copies the
+    152k-word weight once per row: 32 rows took 49 s and 8 GB against 0.04 s for the same rows made contiguous
+    (torch 2.13, bf16, 2 cores), in every batch's first step."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_first)
 
 
 def attach_adapter(model, adapter: str | Path, *, name: str = "default", trainable: bool = False):
