@@ -353,7 +353,7 @@ def eval_cmd(data: Optional[Path] = typer.Option(None, "--data", "-d", help="Hel
                                                                        "(and general.md, general.json)."),
              no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
              max_new_tokens: int = typer.Option(128),
-             batch_size: int = typer.Option(EVAL_BATCH, help="Rows per batch at most; long prompts get fewer "
+             batch_size: int = typer.Option(EVAL_BATCH, min=1, help="Rows per batch at most; long prompts get fewer "
                                             "(a padded-token budget)."),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
              system_prompt: Optional[str] = typer.Option(None)):
@@ -733,7 +733,7 @@ def rag_eval(index_dir: Path = typer.Argument(..., help="Index folder (lorakit r
              mode: Optional[str] = typer.Option(None, help="bm25, dense or hybrid."),
              max_chars: int = typer.Option(600, help="Characters of each passage shown at most."),
              max_new_tokens: int = typer.Option(128),
-             batch_size: int = typer.Option(EVAL_BATCH, help="Rows per batch at most; long prompts get fewer "
+             batch_size: int = typer.Option(EVAL_BATCH, min=1, help="Rows per batch at most; long prompts get fewer "
                                             "(a padded-token budget)."),
              limit: Optional[int] = typer.Option(None, help="Evaluate only the first N records."),
              retrieval_only: bool = typer.Option(False, "--retrieval-only", help="Measure recall@k only (no answers); "
