@@ -509,13 +509,17 @@ def export_cmd(adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapte
                data: Optional[Path] = typer.Option(None, "--data", "-d", help="Prompts + reference answers for the "
                                                                              "parity check (default: the run's eval "
                                                                              "data)."),
-               n: int = typer.Option(16, "-n", "--prompts", help="Parity prompts."),
+               n: int = typer.Option(64, "-n", "--prompts", min=1, help="Parity prompts compared "
+                                     "teacher-forced (the first N eval answers)."),
+               answers: int = typer.Option(16, "--answers", min=0, help="Of those, how many are also answered "
+                                           "greedily by every exported form (slow: one generation each)."),
                max_new_tokens: int = typer.Option(160, help="Greedy answer budget in the parity check.")):
     """Merge an adapter into its base: safetensors, GGUF (+ Modelfile), checked against the adapter model."""
     from lorakit.serve.export import base_of, failures, merge_and_export
     from lorakit.serve.parity import Row, parity_table
     info = merge_and_export(model or base_of(adapter), adapter, out, dtype=dtype, gguf=gguf, quantizer=quantizer,
-                            parity=parity, data=data, n=n, max_new_tokens=max_new_tokens, console=console)
+                            parity=parity, data=data, n=n, answers=answers, max_new_tokens=max_new_tokens,
+                            console=console)
     console.print(f"[green]merged[/] ({dtype}) → {info['merged']} (max logit difference {info['max_logit_diff']:.2e})")
     for t, path in info["gguf"].items():
         console.print(f"GGUF {t:6} → {path} ({Path(path).stat().st_size / 2 ** 20:,.0f} MB; "

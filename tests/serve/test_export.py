@@ -19,8 +19,8 @@ def exported(run, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported") / "law-merged"
     # quantizer="gguf": the gguf package's quantisers (the path without llama-cpp-python); llama.cpp's own
     # quantiser is tested in test_llamacpp.py
-    return merge_and_export(str(model), adapter, out, gguf=["q8_0", "q4_0"], quantizer="gguf", n=4,
-                            max_new_tokens=12), out
+    return merge_and_export(str(model), adapter, out, gguf=["q8_0", "q4_0"], quantizer="gguf", n=6,
+                            answers=4, max_new_tokens=12), out
 
 
 def test_export_writes_bf16_gguf_types_and_modelfile(exported, run):
@@ -67,11 +67,15 @@ def test_export_parity_rows_and_report(exported):
     saved = json.loads((out / "export.json").read_text(encoding="utf-8"))
     assert saved["ok"] == info["ok"] and "parity" in saved and not (out / ".fp32").exists()
     par = saved["parity"]
-    assert "eval questions" in par["source"] and len(par["prompts"]) == 4 and par["answer_tokens"] >= 4 * 3
+    # teacher-forced on 6 eval answers, greedy answers to the first 4 of them
+    assert "eval questions" in par["source"] and len(par["prompts"]) == 6 and par["answer_tokens"] >= 6 * 3
+    assert par["answered"] == 4 and len(par["adapter_answers"]) == 4
     rows = {r["name"]: r for r in par["rows"]}
     assert list(rows) == ["adapter (reference)", "merged (bf16)", "gguf f16", "gguf q8_0", "gguf q4_0"]
+    assert {r["n"] for r in rows.values()} == {6} and {r["n_answers"] for r in rows.values()} == {4}
+    assert all(len(r["answers"]) == len(r["parted_at"]) == 4 for r in rows.values())
     ref = rows["adapter (reference)"]
-    assert ref["stopped"] == ref["n"] == 4, ref["answers"]  # the adapter learned to stop: a real stop check
+    assert ref["stopped"] == ref["n_answers"] == 4, ref["answers"]  # the adapter learned to stop: a real stop check
     assert all(a.startswith("记") for a in ref["answers"]), ref["answers"]  # after real words, not at once
     for name in ("gguf f16", "gguf q8_0"):
         r = rows[name]

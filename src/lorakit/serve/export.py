@@ -112,7 +112,8 @@ def parity_conversations(adapter, data: str | Path | None, n: int) -> tuple[list
 
 def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype: str = "bf16",
                      gguf: Sequence[str] = (), quantizer: str = "auto", parity: bool = True,
-                     data: str | Path | None = None, n: int = 16, max_new_tokens: int = 160, console: Console | None = None) -> dict:
+                     data: str | Path | None = None, n: int = 64, answers: int = 16, max_new_tokens: int = 160,
+                     console: Console | None = None) -> dict:
     import torch
 
     from lorakit.models import load_model, load_tokenizer, resolve
@@ -181,7 +182,8 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
     info["seconds"] = {"merge_and_write": round(time.perf_counter() - t0, 1)}
     if parity:
         t1 = time.perf_counter()
-        info["parity"] = check_parity(base_path, adapter, out, info, data=data, n=n, max_new_tokens=max_new_tokens,
+        info["parity"] = check_parity(base_path, adapter, out, info, data=data, n=n, answers=answers,
+                                     max_new_tokens=max_new_tokens,
                                       console=console)
         info["seconds"]["parity"] = round(time.perf_counter() - t1, 1)
     info["ok"] = all(not r["failures"] for r in info.get("parity", {}).get("rows", []))
@@ -190,8 +192,9 @@ def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype:
 
 
 def check_parity(base_path: Path, adapter, out: Path, info: dict, *, data, n: int, max_new_tokens: int,
-                 console: Console) -> dict:
-    """The adapter model against the merged folder and every GGUF (see lorakit.serve.parity)."""
+                 console: Console, answers: int | None = None) -> dict:
+    """The adapter model against the merged folder and every GGUF (see lorakit.serve.parity): teacher-forced on
+    the first `n` eval answers, greedy answers to the first `answers` of them (all when None)."""
     from lorakit.models import load_model, load_tokenizer
     from lorakit.models.load import Precision, pick_device, set_threads
     from lorakit.serve import parity as P
@@ -205,12 +208,12 @@ def check_parity(base_path: Path, adapter, out: Path, info: dict, *, data, n: in
                                                adapter=adapter), tokenizer)
         if convs is None:
             prompts = [[{"role": "user", "content": q}] for q in DEFAULT_PROMPTS]
-            answers, _ = ref_engine.answers(prompts, max_new_tokens)
-            convs = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+            own, _ = ref_engine.answers(prompts, max_new_tokens)
+            convs = [p + [{"role": "assistant", "content": a}] for p, a in zip(prompts, own)]
         probes = P.probes_for(tokenizer, convs)
         if not probes:
             raise LorakitError("no parity prompt has an answer token to compare", file=data or adapter)
-        ref = P.reference(ref_engine, probes, max_new_tokens=max_new_tokens)
+        ref = P.reference(ref_engine, probes, max_new_tokens=max_new_tokens, n_answers=answers)
         del ref_engine
         gc.collect()
     rows = [P.reference_row(ref)]
