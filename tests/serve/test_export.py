@@ -136,3 +136,20 @@ def test_export_refuses_bad_types_and_a_full_folder(run, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(LorakitError, match="not empty"):
         merge_and_export(str(model), adapter, tmp_path / "full")
+
+
+def test_parity_without_llamacpp_reads_the_gguf_in_transformers(run, tmp_path, monkeypatch):
+    """Without llama-cpp-python the GGUFs are checked dequantised in transformers (and the report says so);
+    that model is not loaded through load_model, so it gets the contiguous-head hook here too."""
+    from lorakit.serve.engines import llamacpp
+    from lorakit.serve.export import merge_and_export
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    model, adapter, data = run
+    info = merge_and_export(str(model), adapter, tmp_path / "m", gguf=["q8_0"], quantizer="gguf", data=data, n=3,
+                            answers=2, max_new_tokens=8)
+    par = info["parity"]
+    assert par["llamacpp"] is False and par["answered"] == 2
+    rows = {r["name"]: r for r in par["rows"]}
+    for name in ("gguf f16", "gguf q8_0"):
+        assert rows[name]["engine"] == "transformers*" and rows[name]["n"] == 3 and rows[name]["n_answers"] == 2
+        assert rows[name]["top1"] >= rows[name]["floor"] and rows[name]["identical"] == 2, rows[name]

@@ -234,7 +234,9 @@ def check_parity(base_path: Path, adapter, out: Path, info: dict, *, data, n: in
                 engine, name = llamacpp.LlamaCpp(path, n_ctx=n_ctx, logits=True), "llama.cpp"
             else:
                 from transformers import AutoModelForCausalLM
+                from lorakit.models.load import contiguous_head_input
                 m = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
+                contiguous_head_input(m)  # not loaded through load_model: its answers() generate too
                 engine = P.Transformers(m.eval(), tokenizer)
                 name = "transformers*"  # the caption and export.json's "llamacpp": false say why
             rows.append(P.compare(ref, engine, name=f"gguf {t}", engine_name=name, fmt=t, size_mb=size,
