@@ -3,20 +3,27 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lorakit-installed
+# The test extra adds pytest, playwright, openai and llama-cpp-python, which pip compiles (minutes): the demo
+# does not wait for it.
+TSTAMP := $(VENV)/.lorakit-test-installed
 
 .PHONY: demo test install clean bench browser screenshots parity
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -e .
 	@touch $(STAMP)
+
+$(TSTAMP): $(STAMP)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	@touch $(TSTAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/lorakit quickstart
 
-test: $(STAMP) browser
+test: $(TSTAMP) browser
 	$(PY) -m pytest
 
 # The board's browser tests drive Debian's Chromium (Playwright never downloads a browser here), with a CJK font
@@ -26,11 +33,11 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; }
 
 # README's board pictures: the browser tests write one screenshot per page into docs/board/.
-screenshots: $(STAMP) browser
+screenshots: $(TSTAMP) browser
 	LORAKIT_BOARD_SCREENSHOTS=docs/board $(PY) -m pytest tests/board/test_board_browser.py
 
 # The export parity check on a run folder: make parity RUN=runs/NAME (GGUF q8_0 + q4_k_m, quantised and run by llama.cpp).
-parity: $(STAMP)
+parity: $(TSTAMP)
 	@test -n "$(RUN)" || { echo "usage: make parity RUN=runs/NAME"; exit 2; }
 	$(VENV)/bin/lorakit export --adapter $(RUN) --out $(RUN)-export --gguf q8_0 --gguf q4_k_m
 
