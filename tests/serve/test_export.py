@@ -153,3 +153,30 @@ def test_parity_without_llamacpp_reads_the_gguf_in_transformers(run, tmp_path, m
     for name in ("gguf f16", "gguf q8_0"):
         assert rows[name]["engine"] == "transformers*" and rows[name]["n"] == 3 and rows[name]["n_answers"] == 2
         assert rows[name]["top1"] >= rows[name]["floor"] and rows[name]["identical"] == 2, rows[name]
+
+
+def test_parity_prompts_come_from_the_set_the_run_was_evaluated_on(tmp_path):
+    """A quickstart run trains without eval data but is evaluated on the held-out questions (eval/eval.json): the
+    parity check uses those, not lorakit's four default prompts; --data still wins, and a run never evaluated
+    falls back to the defaults, saying so."""
+    from lorakit.serve.export import parity_conversations
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "eval").mkdir()
+    (run / "config.yaml").write_text("eval_data: null\n", encoding="utf-8")
+    none, why = parity_conversations(run / "adapter", None, 8)
+    assert none is None and "no eval data" in why
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"instruction": f"问题{i}？", "output": f"答案{i}。"}, ensure_ascii=False) + "\n"
+                            for i in range(5)), encoding="utf-8")
+    (run / "eval" / "eval.json").write_text(json.dumps({"meta": {"data": str(held)}, "systems": []}),
+                                            encoding="utf-8")
+    convs, why = parity_conversations(run / "adapter", None, 3)
+    assert len(convs) == 3 and "evaluated on" in why and str(held) in why
+    assert convs[0][-1] == {"role": "assistant", "content": "答案0。"}
+    assert convs[0][-2]["content"] == "问题0？"
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"instruction": "别的？", "output": "别的。"}, ensure_ascii=False) + "\n",
+                     encoding="utf-8")
+    convs, why = parity_conversations(run / "adapter", other, 3)
+    assert [c[-1]["content"] for c in convs] == ["别的。"] and "evaluated on" not in why

@@ -102,12 +102,29 @@ def parity_conversations(adapter, data: str | Path | None, n: int) -> tuple[list
     adapter's own answers."""
     from lorakit.evaluate.compare import load_eval_records
     cfg = _run_config(adapter)
+    where = ""
     data = data or cfg.get("eval_data")
+    if not data and (data := _evaluated_on(adapter)):
+        where = " (the held-out set the run was evaluated on)"
     if not data or not Path(data).exists():
         return None, "the adapter's own greedy answers to lorakit's default prompts (the run names no eval data)"
     records = load_eval_records(data, limit=n, system_prompt=cfg.get("system_prompt"))
     return [r.prompt_messages() + [{"role": "assistant", "content": r.answer}] for r in records], \
-        f"the first {len(records)} eval questions and reference answers of {data}"
+        f"the first {len(records)} eval questions and reference answers of {data}{where}"
+
+
+def _evaluated_on(adapter: str | Path) -> str | None:
+    """The test set of the run's own evaluation (``eval/eval.json``, which ``quickstart`` and ``eval --out RUN/eval``
+    write): a quickstart run trains without eval data but is evaluated on the held-out demo questions."""
+    import json
+    adapter = Path(adapter)
+    for report in (adapter / "eval" / "eval.json", adapter.parent / "eval" / "eval.json"):
+        if report.exists():
+            try:
+                return json.loads(report.read_text(encoding="utf-8")).get("meta", {}).get("data")
+            except (ValueError, AttributeError):
+                return None
+    return None
 
 
 def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype: str = "bf16",

@@ -191,10 +191,12 @@ def reference_row(ref: Reference) -> Row:
 
 
 def parity_table(rows: list[Row]) -> Table:
+    caption = ("top-1: next-token agreement on answer tokens (floor: expected of the format); KL: mean nats; "
+               "tok: prompts tokenized identically")
+    if any(r.engine == "transformers*" for r in rows):  # only then: the key would read as if llama.cpp were missing
+        caption += "; transformers*: the GGUF dequantised by transformers (llama-cpp-python is not installed)"
     t = Table(title="export parity against the adapter model (teacher-forced on the same tokens; greedy answers)",
-              caption="top-1: next-token agreement on answer tokens (floor: expected of the format); KL: mean "
-                      "nats; tok: prompts tokenized identically; transformers*: the GGUF dequantised by transformers "
-                      "(llama-cpp-python is not installed)")
+              caption=caption)
     for col in ("model", "engine", "MB", "top-1", "floor", "KL", "max |Δlogit|", "same answer", "stops", "tok",
                 "verdict"):
         t.add_column(col, justify="left" if col in ("model", "engine", "verdict") else "right")
