@@ -31,21 +31,27 @@ DEFAULT_PROMPTS = ["酒后驾驶会受到什么处罚？", "闯红灯一次扣�
                    "What should a driver do at a pedestrian crossing?"]
 
 
+def _run_file(adapter: str | Path, name: str) -> Path | None:
+    """A file of the run folder, given the run folder or its adapter/ inside it."""
+    adapter = Path(adapter)
+    return next((f for f in (adapter / name, adapter.parent / name) if f.exists()), None)
+
+
 def _run_config(adapter: str | Path) -> dict:
     import yaml
-    adapter = Path(adapter)
-    for cfg in (adapter / "config.yaml", adapter.parent / "config.yaml"):
-        if cfg.exists():
-            return yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-    return {}
+    cfg = _run_file(adapter, "config.yaml")
+    return (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}) if cfg else {}
 
 
 def base_of(adapter: str | Path) -> str:
     """The base model a run folder was trained on (its config.yaml), else the adapter's own record of it."""
     import json
     adapter = Path(adapter)
-    if _run_config(adapter).get("model"):
-        return _run_config(adapter)["model"]
+    if not adapter.exists():
+        raise LorakitError("no such adapter or run folder", file=adapter, field="adapter",
+                           hint="Pass a run folder (runs/NAME) or its adapter/ folder")
+    if model := _run_config(adapter).get("model"):
+        return model
     cfg = adapter / "adapter_config.json"
     if cfg.exists():
         base = json.loads(cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
@@ -117,14 +123,11 @@ def _evaluated_on(adapter: str | Path) -> str | None:
     """The test set of the run's own evaluation (``eval/eval.json``, which ``quickstart`` and ``eval --out RUN/eval``
     write): a quickstart run trains without eval data but is evaluated on the held-out demo questions."""
     import json
-    adapter = Path(adapter)
-    for report in (adapter / "eval" / "eval.json", adapter.parent / "eval" / "eval.json"):
-        if report.exists():
-            try:
-                return json.loads(report.read_text(encoding="utf-8")).get("meta", {}).get("data")
-            except (ValueError, AttributeError):
-                return None
-    return None
+    report = _run_file(adapter, "eval/eval.json")
+    try:
+        return json.loads(report.read_text(encoding="utf-8")).get("meta", {}).get("data") if report else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def merge_and_export(model: str, adapter: str | Path, out: str | Path, *, dtype: str = "bf16",
